@@ -1,0 +1,103 @@
+"""Per-layer stability metrics as pure tensor functions.
+
+Every function returns a 0-d ``float32`` tensor on the input's device (``float64`` for
+``float64`` inputs) and never synchronises with the host: no ``.item()``, no Python
+branching on tensor values. The :class:`stability.Recorder` calls these same functions
+from its hooks; they are equally usable on their own.
+
+Definitions (``o`` a layer output, ``x`` its input, ``W`` its weight):
+
+* ``output_norm(o) = ||o||_2`` over every element of the batch output. For a BatchNorm
+  output with unit gain and zero bias this is ``sqrt(D)``, ``D = m*H*W*C`` (paper, 3.1).
+* ``output_rms(o) = ||o||_2 / sqrt(numel(o))``: batch-size free, 1 for an ideal BN output.
+* ``gain(o, x) = ||o||_2 / ||x||_2``: the layer's amplification; its product over depth is
+  the network's amplification.
+* ``row_coherence(W) = (max_{i != j} |c_ij|, mean_{i != j} |c_ij|)`` with
+  ``c_ij = w_i . w_j / (||w_i|| ||w_j||)``, rows ``w_i`` being output units (Linear) or
+  output channels flattened over ``in_channels * kh * kw`` (Conv). The paper's footnote 2
+  requires the maximum to be small for weight normalization to preserve the norm.
+
+Edge cases of ``row_coherence``: a weight with a single row has no pair of rows, and is
+by convention perfectly incoherent (both values 0). A row of zeros has no direction: every
+``c_ij`` involving it is 0/0 = NaN, so both values are NaN (recorded, never an exception).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Largest number of Gram-matrix entries materialised at once by :func:`row_coherence`.
+GRAM_CHUNK_ELEMENTS = 1 << 20
+
+
+def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; everything else (fp16, bf16, fp32) accumulates in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def output_norm(o: torch.Tensor) -> torch.Tensor:
+    """``||o||_2`` over all elements, accumulated in at least float32."""
+    return torch.linalg.vector_norm(o.detach(), dtype=_accumulation_dtype(o))
+
+
+def output_rms(o: torch.Tensor) -> torch.Tensor:
+    """``||o||_2 / sqrt(numel(o))``; NaN for an empty tensor."""
+    return output_norm(o) / math.sqrt(o.numel()) if o.numel() else output_norm(o) * math.nan
+
+
+def gain(o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``||o||_2 / ||x||_2`` (inf or NaN when the input is all zeros, as IEEE division says)."""
+    return output_norm(o) / output_norm(x)
+
+
+def weight_rows(weight: torch.Tensor) -> torch.Tensor:
+    """View a Linear ``(out, in)`` or ConvNd ``(out, in/groups, *k)`` weight as rows ``(out, -1)``."""
+    if weight.ndim < 2:
+        raise ValueError(f"weight rows need a weight with ndim >= 2, got shape {tuple(weight.shape)}")
+    return weight.detach().reshape(weight.shape[0], -1)
+
+
+def weight_norm(weight: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of the whole weight, ``||W||_F``."""
+    return output_norm(weight)
+
+
+def row_coherence(
+    weight: torch.Tensor, chunk_elements: int = GRAM_CHUNK_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximum and mean absolute cosine between distinct weight rows.
+
+    ``C = D^-1 W W^T D^-1`` with ``D = diag(||w_i||)``; returns
+    ``(max_{i != j} |C_ij|, sum_{i != j} |C_ij| / (n (n - 1)))``.
+
+    The Gram matrix is built ``chunk`` rows at a time (``chunk * n <= chunk_elements``), so
+    a 2048-row layer never holds the full ``n x n`` matrix nor a normalised copy of ``W``;
+    the only full-size temporary is the float32 view of ``W`` when ``W`` is half precision.
+
+    Args:
+        weight: a Linear or ConvNd weight (rows = output units / channels).
+        chunk_elements: bound on the Gram entries materialised at once.
+
+    Returns:
+        Two 0-d tensors ``(max, mean)``; see the module docstring for one row / zero rows.
+    """
+    rows = weight_rows(weight).to(_accumulation_dtype(weight))
+    n = rows.shape[0]
+    if n == 1:
+        zero = rows.new_zeros(())
+        return zero, zero.clone()
+    norms = torch.linalg.vector_norm(rows, dim=1)
+    chunk = max(1, min(n, chunk_elements // n))
+    running_max = rows.new_zeros(())
+    running_sum = rows.new_zeros(())
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        cos = (rows[start:stop] @ rows.T).abs_()
+        cos /= norms[start:stop, None] * norms[None, :]
+        diagonal = torch.arange(stop - start, device=rows.device)
+        cos[diagonal, diagonal + start] = 0.0
+        running_max = torch.maximum(running_max, cos.amax())
+        running_sum = running_sum + cos.sum()
+    return running_max, running_sum / (n * (n - 1))

@@ -1,0 +1,375 @@
+"""The Recorder: forward and tensor hooks -> device buffers -> a tidy DataFrame.
+
+Data flow. A forward hook on every selected module computes the forward metrics of the
+output it just produced (0-d tensors on the model's device) and, when gradients are being
+recorded, registers a tensor hook on that output for ``grad_norm``. Values are appended to
+a pending list together with their key ``(step, layer, call, metric)``; ``step()`` stacks
+the pending values into one device tensor; every ``flush_every`` steps (and on
+``to_frame``/``save``/``close``) the stacked tensors are concatenated and copied to the host
+once. Nothing in a hook or in ``step()`` reads a tensor value on the host, so recording
+never forces a host-device synchronisation.
+
+Timing contract: call ``step()`` once per optimizer step, after ``backward()``. Values are
+keyed by the step during whose forward they were produced, so a gradient hook that fires
+late is still filed under its own step.
+
+Compilation: attach the Recorder *before* ``torch.compile``; the hooks are excluded from
+tracing (``torch._dynamo.disable``), so the compiled model breaks its graph around each
+recorded layer and the hooks run eagerly. Hooks attached to a model that was already
+compiled and run are only seen after dynamo recompiles; attach first.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from stability import metrics as M
+
+FORWARD_METRICS = ("output_norm", "output_rms", "gain")
+GRAD_METRICS = ("grad_norm",)
+WEIGHT_METRICS = ("weight_norm", "coherence", "coherence_mean")
+METRICS = FORWARD_METRICS + GRAD_METRICS + WEIGHT_METRICS
+COLUMNS = ("step", "layer", "layer_idx", "call_idx", "metric", "value")
+
+Selector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
+
+# Models that currently have an active Recorder (weak keys: no reference kept to the model).
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DDP / DataParallel (``module.``) and ``torch.compile`` (``_orig_mod.``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def owns_matrix_weight(module: nn.Module) -> bool:
+    """Default selection: the module has a ``weight`` tensor with ``ndim >= 2``."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.ndim >= 2
+
+
+def _first_tensor(value, floating_only: bool = True) -> torch.Tensor | None:
+    """The first (floating) tensor in a tensor / tuple / list / dict, depth first."""
+    if isinstance(value, torch.Tensor):
+        return value if value.is_floating_point() or not floating_only else None
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        for item in value:
+            found = _first_tensor(item, floating_only)
+            if found is not None:
+                return found
+    return None
+
+
+def select_modules(model: nn.Module, include: Selector = None, exclude: Selector = None):
+    """Return ``[(name, module)]`` chosen by ``include`` / ``exclude``.
+
+    Candidates are the modules owning a matrix ``weight`` (:func:`owns_matrix_weight`).
+    Glob patterns (one or several) filter those candidates by qualified name. A callable
+    ``(name, module) -> bool`` is applied to *every* named module instead, so it can select
+    modules without weights (activations, residual blocks). An include glob that matches no
+    candidate raises ``ValueError`` listing the candidates.
+    """
+    named = [(name, m) for name, m in model.named_modules() if name]
+    candidates = [(name, m) for name, m in named if owns_matrix_weight(m)]
+    chosen = _apply(include, named, candidates, keep=True) if include is not None else candidates
+    if exclude is not None:
+        dropped = {name for name, _ in _apply(exclude, named, chosen, keep=True, check=False)}
+        chosen = [(name, m) for name, m in chosen if name not in dropped]
+    return chosen
+
+
+def _apply(selector, named, candidates, keep: bool, check: bool = True):
+    if callable(selector):
+        return [(name, m) for name, m in named if selector(name, m)]
+    patterns = [selector] if isinstance(selector, str) else list(selector)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"include/exclude must be glob string(s) or a callable, got {selector!r}")
+    chosen = []
+    for pattern in patterns:
+        hits = [(n, m) for n, m in candidates if fnmatch.fnmatchcase(n, pattern)]
+        if check and not hits:
+            names = ", ".join(n for n, _ in candidates[:40]) or "(none)"
+            more = f" ... ({len(candidates)} in all)" if len(candidates) > 40 else ""
+            raise ValueError(
+                f"include pattern {pattern!r} matches no recordable layer; available: {names}{more}"
+            )
+        chosen.extend(hit for hit in hits if hit[0] not in {n for n, _ in chosen})
+    return chosen
+
+
+def _group_by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped so each group can be stacked (usually one group)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    return list(groups.values())
+
+
+class Recorder:
+    """Record per-layer output norms, gains, gradient norms and weight coherence.
+
+    Args:
+        model: any ``nn.Module`` (DDP- or compile-wrapped models are unwrapped for naming).
+        include: glob pattern(s) on qualified module names, or ``(name, module) -> bool``.
+        exclude: the same, removing modules from the selection.
+        metrics: subset of :data:`METRICS` (default: all).
+        every: record forward/backward metrics every ``every`` steps (steps 0, every, ...).
+        weight_every: record weight metrics every ``weight_every`` steps.
+        flush_every: copy device buffers to the host every ``flush_every`` steps.
+
+    The Recorder attaches on construction and detaches on ``close()`` or when its ``with``
+    block ends; the records stay available after detaching.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        include: Selector = None,
+        exclude: Selector = None,
+        metrics: Iterable[str] | None = None,
+        every: int = 1,
+        weight_every: int = 100,
+        flush_every: int = 100,
+    ) -> None:
+        for arg, value in (("every", every), ("weight_every", weight_every),
+                           ("flush_every", flush_every)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Recorder needs an nn.Module, got {type(model).__name__}")
+        self.metrics = tuple(METRICS if metrics is None else metrics)
+        unknown = sorted(set(self.metrics) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+        self.every, self.weight_every, self.flush_every = every, weight_every, flush_every
+        self._forward = [m for m in FORWARD_METRICS if m in self.metrics]
+        self._weight = [m for m in WEIGHT_METRICS if m in self.metrics]
+        self._grad = "grad_norm" in self.metrics
+
+        self._model = unwrap_model(model)
+        self.layers = select_modules(self._model, include, exclude)
+        if not self.layers:
+            import warnings
+
+            warnings.warn(
+                f"Recorder selected no layer of {type(self._model).__name__}: nothing will be "
+                "recorded (no module owns a weight with ndim >= 2, or include/exclude removed all)",
+                stacklevel=2,
+            )
+        self.layer_names = [name for name, _ in self.layers]
+        self._layer_code = {name: i for i, name in enumerate(self.layer_names)}
+        self._metric_code = {m: i for i, m in enumerate(METRICS)}
+        self._layer_idx: dict[str, int] = {}
+
+        self.step_count = 0
+        self._calls = dict.fromkeys(self.layer_names, 0)
+        self._pending: list[torch.Tensor] = []
+        self._pending_keys: list[tuple[int, int, int, int]] = []
+        self._stacked: list[torch.Tensor] = []
+        self._stacked_keys: list[np.ndarray] = []
+        self._host_values: list[np.ndarray] = []
+        self._host_keys: list[np.ndarray] = []
+        self._handles: list = []
+        self._paused = False
+        self._set_phase()
+        self._attach()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _attach(self) -> None:
+        if self._handles:
+            return  # attaching twice never records twice
+        owner = _ACTIVE.get(self._model)
+        if owner is not None:
+            raise RuntimeError(
+                f"{type(self._model).__name__} already has an active Recorder ({owner}); "
+                "close it before attaching another"
+            )
+        hook = torch._dynamo.disable(self._forward_hook)
+        for name, module in self.layers:
+            self._handles.append(
+                module.register_forward_hook(lambda mod, args, out, _n=name: hook(_n, mod, args, out))
+            )
+        _ACTIVE[self._model] = f"Recorder at {id(self):#x}"
+
+    def close(self) -> None:
+        """Flush pending values and remove every hook (idempotent)."""
+        self._commit_step()
+        self.flush()
+        for handle in self._handles:
+            handle.remove()
+        if self._handles:
+            _ACTIVE.pop(self._model, None)
+        self._handles.clear()
+
+    def __enter__(self) -> Recorder:
+        self._attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def paused(self):
+        """Context in which forward passes are not recorded (e.g. evaluation)."""
+        previous, self._paused = self._paused, True
+        try:
+            yield self
+        finally:
+            self._paused = previous
+
+    # ------------------------------------------------------------------ hooks
+    def _set_phase(self) -> None:
+        self._recording = self.step_count % self.every == 0
+        self._weights_due = self.step_count % self.weight_every == 0 and bool(self._weight)
+
+    def _put(self, value: torch.Tensor, step: int, layer: int, call: int, metric: str) -> None:
+        self._pending.append(value)
+        self._pending_keys.append((step, layer, call, self._metric_code[metric]))
+
+    def _forward_hook(self, name: str, module: nn.Module, args, output) -> None:
+        if self._paused or not (self._recording or self._weights_due):
+            return
+        call = self._calls[name]
+        self._calls[name] = call + 1
+        self._layer_idx.setdefault(name, len(self._layer_idx))
+        step, code = self.step_count, self._layer_code[name]
+        out = _first_tensor(output)
+        if self._recording and out is not None:
+            norm = M.output_norm(out)
+            for metric in self._forward:
+                if metric == "output_norm":
+                    self._put(norm, step, code, call, metric)
+                elif metric == "output_rms":
+                    self._put(norm / max(out.numel(), 1) ** 0.5, step, code, call, metric)
+                else:
+                    x = _first_tensor(args)
+                    if x is not None:
+                        self._put(norm / M.output_norm(x), step, code, call, metric)
+            if self._grad and out.requires_grad:
+                out.register_hook(self._grad_hook(step, code, call))
+        if self._weights_due and call == 0 and owns_matrix_weight(module):
+            with torch.no_grad():
+                weight = module.weight
+                values = {"weight_norm": M.weight_norm(weight)}
+                if "coherence" in self._weight or "coherence_mean" in self._weight:
+                    values["coherence"], values["coherence_mean"] = M.row_coherence(weight)
+            for metric in self._weight:
+                self._put(values[metric], step, code, call, metric)
+
+    def _grad_hook(self, step: int, code: int, call: int):
+        def hook(grad: torch.Tensor) -> None:
+            self._put(M.output_norm(grad), step, code, call, "grad_norm")
+
+        return torch._dynamo.disable(hook)
+
+    # ------------------------------------------------------------------ buffers
+    def _commit_step(self) -> None:
+        """Stack the pending 0-d values into one device tensor (no host copy)."""
+        if not self._pending:
+            return
+        keys = np.asarray(self._pending_keys, dtype=np.int64)
+        for positions in _group_by_device_and_dtype(self._pending):
+            self._stacked.append(torch.stack([self._pending[i] for i in positions]))
+            self._stacked_keys.append(keys[positions])
+        self._pending.clear()
+        self._pending_keys.clear()
+
+    def step(self) -> None:
+        """Mark the end of one optimizer step (call after ``backward()``)."""
+        self._commit_step()
+        self.step_count += 1
+        for name in self._calls:
+            self._calls[name] = 0
+        if self.step_count % self.flush_every == 0:
+            self.flush()
+        self._set_phase()
+
+    def flush(self) -> None:
+        """Copy the stacked device values to the host (one concatenation and copy per device)."""
+        if not self._stacked:
+            return
+        for positions in _group_by_device_and_dtype(self._stacked):
+            values = torch.cat([self._stacked[i] for i in positions]).cpu().numpy()
+            self._host_values.append(values)
+            self._host_keys.append(np.concatenate([self._stacked_keys[i] for i in positions]))
+        self._stacked.clear()
+        self._stacked_keys.clear()
+
+    @property
+    def pending_device_tensors(self) -> int:
+        """Number of device tensors waiting for a flush (bounded by ``flush_every``)."""
+        return len(self._pending) + len(self._stacked)
+
+    # ------------------------------------------------------------------ output
+    def to_frame(self) -> pd.DataFrame:
+        """All records so far as a tidy DataFrame with columns :data:`COLUMNS`.
+
+        Rows are sorted by step, depth order (``layer_idx``), call and metric order.
+        """
+        self._commit_step()
+        self.flush()
+        if self._host_values:
+            keys = np.concatenate(self._host_keys)
+            values = np.concatenate(self._host_values)
+        else:
+            keys, values = np.zeros((0, 4), dtype=np.int64), np.zeros(0)
+        depth = np.array([self._layer_idx.get(n, -1) for n in self.layer_names], dtype=np.int64)
+        names = np.array(self.layer_names, dtype=object)
+        metric_names = np.array(METRICS, dtype=object)
+        layer_codes = keys[:, 1] if len(keys) else np.zeros(0, dtype=np.int64)
+        frame = pd.DataFrame(
+            {
+                "step": keys[:, 0],
+                "layer": names[layer_codes] if len(keys) else np.zeros(0, dtype=object),
+                "layer_idx": depth[layer_codes] if len(keys) else np.zeros(0, dtype=np.int64),
+                "call_idx": keys[:, 2],
+                "metric": metric_names[keys[:, 3]] if len(keys) else np.zeros(0, dtype=object),
+                "value": values.astype(np.float64),
+            }
+        )
+        order = np.lexsort((keys[:, 3], keys[:, 2], frame["layer_idx"].to_numpy(), keys[:, 0]))
+        return frame.iloc[order].reset_index(drop=True)
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write :meth:`to_frame` to ``path`` (``.parquet`` or ``.csv``), atomically.
+
+        An existing file is never replaced unless ``overwrite=True``.
+        """
+        path = Path(path)
+        if path.suffix not in (".parquet", ".csv"):
+            raise ValueError(f"save path must end in .parquet or .csv, got {str(path)!r}")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        frame = self.to_frame()
+        if path.suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
+    def __repr__(self) -> str:
+        state = "attached" if self._handles else "closed"
+        return (f"Recorder({len(self.layers)} layers, step={self.step_count}, every={self.every}, "
+                f"weight_every={self.weight_every}, {state})")
