@@ -53,9 +53,10 @@ def gain(o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def weight_rows(weight: torch.Tensor) -> torch.Tensor:
-    """View a Linear ``(out, in)`` or ConvNd ``(out, in/groups, *k)`` weight as rows ``(out, -1)``."""
+    """View a Linear ``(out, in)`` or ConvNd ``(out, in/groups, *k)`` weight as ``(out, -1)``."""
     if weight.ndim < 2:
-        raise ValueError(f"weight rows need a weight with ndim >= 2, got shape {tuple(weight.shape)}")
+        shape = tuple(weight.shape)
+        raise ValueError(f"weight rows need a weight with ndim >= 2, got shape {shape}")
     return weight.detach().reshape(weight.shape[0], -1)
 
 

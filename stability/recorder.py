@@ -26,6 +26,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -150,8 +151,11 @@ class Recorder:
         weight_every: int = 100,
         flush_every: int = 100,
     ) -> None:
-        for arg, value in (("every", every), ("weight_every", weight_every),
-                           ("flush_every", flush_every)):
+        for arg, value in (
+            ("every", every),
+            ("weight_every", weight_every),
+            ("flush_every", flush_every),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}")
         if not isinstance(model, nn.Module):
@@ -205,9 +209,8 @@ class Recorder:
             )
         hook = torch._dynamo.disable(self._forward_hook)
         for name, module in self.layers:
-            self._handles.append(
-                module.register_forward_hook(lambda mod, args, out, _n=name: hook(_n, mod, args, out))
-            )
+            handle = module.register_forward_hook(partial(hook, name))
+            self._handles.append(handle)
         _ACTIVE[self._model] = f"Recorder at {id(self):#x}"
 
     def close(self) -> None:
@@ -371,5 +374,7 @@ class Recorder:
 
     def __repr__(self) -> str:
         state = "attached" if self._handles else "closed"
-        return (f"Recorder({len(self.layers)} layers, step={self.step_count}, every={self.every}, "
-                f"weight_every={self.weight_every}, {state})")
+        return (
+            f"Recorder({len(self.layers)} layers, step={self.step_count}, every={self.every}, "
+            f"weight_every={self.weight_every}, {state})"
+        )
