@@ -37,36 +37,61 @@ def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def output_norm(o: torch.Tensor) -> torch.Tensor:
-    """``||o||_2`` over all elements, accumulated in at least float32."""
-    return torch.linalg.vector_norm(o.detach(), dtype=_accumulation_dtype(o))
+def _reduce_dims(t: torch.Tensor, run_dim: int | None) -> tuple[int, ...] | None:
+    """All dimensions but ``run_dim`` (``None``: reduce over everything)."""
+    if run_dim is None:
+        return None
+    run_dim = run_dim % t.ndim
+    return tuple(d for d in range(t.ndim) if d != run_dim)
 
 
-def output_rms(o: torch.Tensor) -> torch.Tensor:
-    """``||o||_2 / sqrt(numel(o))``; NaN for an empty tensor."""
-    return output_norm(o) / math.sqrt(o.numel()) if o.numel() else output_norm(o) * math.nan
+def output_norm(o: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
+    """``||o||_2`` over all elements (per run along ``run_dim``), accumulated in >= float32."""
+    dims = _reduce_dims(o, run_dim)
+    return torch.linalg.vector_norm(o.detach(), dim=dims, dtype=_accumulation_dtype(o))
 
 
-def gain(o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def output_rms(o: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
+    """``||o||_2 / sqrt(n)``, ``n`` the number of elements (per run); NaN when ``n = 0``."""
+    runs = 1 if run_dim is None else o.shape[run_dim]
+    per_run = o.numel() // runs if runs else 0
+    return (
+        output_norm(o, run_dim) / math.sqrt(per_run)
+        if per_run
+        else output_norm(o, run_dim) * math.nan
+    )
+
+
+def gain(o: torch.Tensor, x: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
     """``||o||_2 / ||x||_2`` (inf or NaN when the input is all zeros, as IEEE division says)."""
-    return output_norm(o) / output_norm(x)
+    return output_norm(o, run_dim) / output_norm(x, run_dim)
 
 
-def weight_rows(weight: torch.Tensor) -> torch.Tensor:
-    """View a Linear ``(out, in)`` or ConvNd ``(out, in/groups, *k)`` weight as ``(out, -1)``."""
-    if weight.ndim < 2:
+def weight_rows(weight: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
+    """View a weight as rows: ``(out, -1)``, or ``(runs, out, -1)`` with a leading run dimension.
+
+    A Linear weight is ``(out, in)`` and a ConvNd weight ``(out, in/groups, *k)``; with
+    ``run_dim`` the weight carries one such matrix per independent run.
+    """
+    least = 2 if run_dim is None else 3
+    if weight.ndim < least:
         shape = tuple(weight.shape)
-        raise ValueError(f"weight rows need a weight with ndim >= 2, got shape {shape}")
-    return weight.detach().reshape(weight.shape[0], -1)
+        raise ValueError(f"weight rows need a weight with ndim >= {least}, got shape {shape}")
+    if run_dim is None:
+        return weight.detach().reshape(weight.shape[0], -1)
+    w = weight.detach().movedim(run_dim, 0)
+    return w.reshape(w.shape[0], w.shape[1], -1)
 
 
-def weight_norm(weight: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm of the whole weight, ``||W||_F``."""
-    return output_norm(weight)
+def weight_norm(weight: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
+    """Frobenius norm of the whole weight, ``||W||_F`` (per run along ``run_dim``)."""
+    return output_norm(weight, run_dim)
 
 
 def row_coherence(
-    weight: torch.Tensor, chunk_elements: int = GRAM_CHUNK_ELEMENTS
+    weight: torch.Tensor,
+    chunk_elements: int = GRAM_CHUNK_ELEMENTS,
+    run_dim: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Maximum and mean absolute cosine between distinct weight rows.
 
@@ -79,26 +104,34 @@ def row_coherence(
 
     Args:
         weight: a Linear or ConvNd weight (rows = output units / channels).
-        chunk_elements: bound on the Gram entries materialised at once.
+        chunk_elements: bound on the Gram entries materialised at once (per run).
+        run_dim: the dimension indexing independent runs, if any (values are then per run).
 
     Returns:
-        Two 0-d tensors ``(max, mean)``; see the module docstring for one row / zero rows.
+        Two tensors ``(max, mean)``, 0-d (or ``(runs,)``); see the module docstring for one
+        row and zero rows.
     """
-    rows = weight_rows(weight).to(_accumulation_dtype(weight))
-    n = rows.shape[0]
+    rows = weight_rows(weight, run_dim).to(_accumulation_dtype(weight))
+    if run_dim is None:
+        rows = rows[None]
+    runs, n = rows.shape[0], rows.shape[1]
     if n == 1:
-        zero = rows.new_zeros(())
-        return zero, zero.clone()
-    norms = torch.linalg.vector_norm(rows, dim=1)
-    chunk = max(1, min(n, chunk_elements // n))
-    running_max = rows.new_zeros(())
-    running_sum = rows.new_zeros(())
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        cos = (rows[start:stop] @ rows.T).abs_()
-        cos /= norms[start:stop, None] * norms[None, :]
-        diagonal = torch.arange(stop - start, device=rows.device)
-        cos[diagonal, diagonal + start] = 0.0
-        running_max = torch.maximum(running_max, cos.amax())
-        running_sum = running_sum + cos.sum()
-    return running_max, running_sum / (n * (n - 1))
+        zero = rows.new_zeros(runs)
+        coherence = (zero, zero.clone())
+    else:
+        norms = torch.linalg.vector_norm(rows, dim=2)
+        chunk = max(1, min(n, chunk_elements // n))
+        running_max = rows.new_zeros(runs)
+        running_sum = rows.new_zeros(runs)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            cos = torch.matmul(rows[:, start:stop], rows.transpose(1, 2)).abs_()
+            cos /= norms[:, start:stop, None] * norms[:, None, :]
+            diagonal = torch.arange(stop - start, device=rows.device)
+            cos[:, diagonal, diagonal + start] = 0.0
+            running_max = torch.maximum(running_max, cos.amax(dim=(1, 2)))
+            running_sum = running_sum + cos.sum(dim=(1, 2))
+        coherence = (running_max, running_sum / (n * (n - 1)))
+    if run_dim is None:
+        return coherence[0][0], coherence[1][0]
+    return coherence

@@ -59,10 +59,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def owns_matrix_weight(module: nn.Module) -> bool:
-    """Default selection: the module has a ``weight`` tensor with ``ndim >= 2``."""
+def owns_matrix_weight(module: nn.Module, run_dim: int | None = None) -> bool:
+    """Default selection: the module has a ``weight`` tensor with ``ndim >= 2``.
+
+    With a run dimension (stacked independent runs) the weight needs ``ndim >= 3``.
+    """
     weight = getattr(module, "weight", None)
-    return isinstance(weight, torch.Tensor) and weight.ndim >= 2
+    return isinstance(weight, torch.Tensor) and weight.ndim >= (2 if run_dim is None else 3)
 
 
 def _first_tensor(value, floating_only: bool = True) -> torch.Tensor | None:
@@ -79,7 +82,12 @@ def _first_tensor(value, floating_only: bool = True) -> torch.Tensor | None:
     return None
 
 
-def select_modules(model: nn.Module, include: Selector = None, exclude: Selector = None):
+def select_modules(
+    model: nn.Module,
+    include: Selector = None,
+    exclude: Selector = None,
+    run_dim: int | None = None,
+):
     """Return ``[(name, module)]`` chosen by ``include`` / ``exclude``.
 
     Candidates are the modules owning a matrix ``weight`` (:func:`owns_matrix_weight`).
@@ -89,7 +97,7 @@ def select_modules(model: nn.Module, include: Selector = None, exclude: Selector
     candidate raises ``ValueError`` listing the candidates.
     """
     named = [(name, m) for name, m in model.named_modules() if name]
-    candidates = [(name, m) for name, m in named if owns_matrix_weight(m)]
+    candidates = [(name, m) for name, m in named if owns_matrix_weight(m, run_dim)]
     chosen = _apply(include, named, candidates, keep=True) if include is not None else candidates
     if exclude is not None:
         dropped = {name for name, _ in _apply(exclude, named, chosen, keep=True, check=False)}
@@ -135,6 +143,10 @@ class Recorder:
         every: record forward/backward metrics every ``every`` steps (steps 0, every, ...).
         weight_every: record weight metrics every ``weight_every`` steps.
         flush_every: copy device buffers to the host every ``flush_every`` steps.
+        run_dim: for a model that stacks independent runs (every output and weight has a
+            leading run dimension, e.g. :mod:`stability.stacked`), the dimension indexing
+            the runs. Every metric is then computed per run and the table gains a ``run``
+            column after ``step``. ``None`` (default): one run, the table of DESIGN.md.
 
     The Recorder attaches on construction and detaches on ``close()`` or when its ``with``
     block ends; the records stay available after detaching.
@@ -150,6 +162,7 @@ class Recorder:
         every: int = 1,
         weight_every: int = 100,
         flush_every: int = 100,
+        run_dim: int | None = None,
     ) -> None:
         for arg, value in (
             ("every", every),
@@ -169,8 +182,9 @@ class Recorder:
         self._weight = [m for m in WEIGHT_METRICS if m in self.metrics]
         self._grad = "grad_norm" in self.metrics
 
+        self.run_dim = run_dim
         self._model = unwrap_model(model)
-        self.layers = select_modules(self._model, include, exclude)
+        self.layers = select_modules(self._model, include, exclude, run_dim)
         if not self.layers:
             import warnings
 
@@ -257,30 +271,33 @@ class Recorder:
         step, code = self.step_count, self._layer_code[name]
         out = _first_tensor(output)
         if self._recording and out is not None:
-            norm = M.output_norm(out)
+            run_dim = self.run_dim
+            norm = M.output_norm(out, run_dim)
             for metric in self._forward:
                 if metric == "output_norm":
                     self._put(norm, step, code, call, metric)
                 elif metric == "output_rms":
-                    self._put(norm / max(out.numel(), 1) ** 0.5, step, code, call, metric)
+                    runs = 1 if run_dim is None else out.shape[run_dim]
+                    self._put(norm / max(out.numel() // runs, 1) ** 0.5, step, code, call, metric)
                 else:
                     x = _first_tensor(args)
                     if x is not None:
-                        self._put(norm / M.output_norm(x), step, code, call, metric)
+                        self._put(norm / M.output_norm(x, run_dim), step, code, call, metric)
             if self._grad and out.requires_grad:
                 out.register_hook(self._grad_hook(step, code, call))
-        if self._weights_due and call == 0 and owns_matrix_weight(module):
+        if self._weights_due and call == 0 and owns_matrix_weight(module, self.run_dim):
             with torch.no_grad():
                 weight = module.weight
-                values = {"weight_norm": M.weight_norm(weight)}
+                values = {"weight_norm": M.weight_norm(weight, self.run_dim)}
                 if "coherence" in self._weight or "coherence_mean" in self._weight:
-                    values["coherence"], values["coherence_mean"] = M.row_coherence(weight)
+                    coherence = M.row_coherence(weight, run_dim=self.run_dim)
+                    values["coherence"], values["coherence_mean"] = coherence
             for metric in self._weight:
                 self._put(values[metric], step, code, call, metric)
 
     def _grad_hook(self, step: int, code: int, call: int):
         def hook(grad: torch.Tensor) -> None:
-            self._put(M.output_norm(grad), step, code, call, "grad_norm")
+            self._put(M.output_norm(grad, self.run_dim), step, code, call, "grad_norm")
 
         return torch._dynamo.disable(hook)
 
@@ -326,31 +343,31 @@ class Recorder:
     def to_frame(self) -> pd.DataFrame:
         """All records so far as a tidy DataFrame with columns :data:`COLUMNS`.
 
-        Rows are sorted by step, depth order (``layer_idx``), call and metric order.
+        With ``run_dim`` set, a ``run`` column follows ``step``. Rows are sorted by step,
+        (run,) depth order (``layer_idx``), call and metric order.
         """
         self._commit_step()
         self.flush()
-        if self._host_values:
-            keys = np.concatenate(self._host_keys)
-            values = np.concatenate(self._host_values)
-        else:
-            keys, values = np.zeros((0, 4), dtype=np.int64), np.zeros(0)
+        keys = np.concatenate(self._host_keys) if self._host_keys else np.zeros((0, 4), np.int64)
+        values = np.concatenate(self._host_values) if self._host_values else np.zeros(0)
+        runs = values.shape[1] if values.ndim == 2 else 1
+        keys = np.repeat(keys, runs, axis=0)
         depth = np.array([self._layer_idx.get(n, -1) for n in self.layer_names], dtype=np.int64)
-        names = np.array(self.layer_names, dtype=object)
-        metric_names = np.array(METRICS, dtype=object)
-        layer_codes = keys[:, 1] if len(keys) else np.zeros(0, dtype=np.int64)
-        frame = pd.DataFrame(
-            {
-                "step": keys[:, 0],
-                "layer": names[layer_codes] if len(keys) else np.zeros(0, dtype=object),
-                "layer_idx": depth[layer_codes] if len(keys) else np.zeros(0, dtype=np.int64),
-                "call_idx": keys[:, 2],
-                "metric": metric_names[keys[:, 3]] if len(keys) else np.zeros(0, dtype=object),
-                "value": values.astype(np.float64),
-            }
-        )
-        order = np.lexsort((keys[:, 3], keys[:, 2], frame["layer_idx"].to_numpy(), keys[:, 0]))
-        return frame.iloc[order].reset_index(drop=True)
+        run = np.tile(np.arange(runs), len(keys) // runs)
+        columns = {
+            "step": keys[:, 0],
+            "run": run,
+            "layer": np.array(self.layer_names + [""], dtype=object)[keys[:, 1]],
+            "layer_idx": depth[keys[:, 1]] if len(depth) else keys[:, 1],
+            "call_idx": keys[:, 2],
+            "metric": np.array(METRICS, dtype=object)[keys[:, 3]],
+            "value": values.reshape(-1).astype(np.float64),
+        }
+        if self.run_dim is None:
+            del columns["run"]
+        frame = pd.DataFrame(columns)
+        sort_keys = [keys[:, 3], keys[:, 2], columns["layer_idx"], run, keys[:, 0]]
+        return frame.iloc[np.lexsort(sort_keys)].reset_index(drop=True)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write :meth:`to_frame` to ``path`` (``.parquet`` or ``.csv``), atomically.
