@@ -53,13 +53,14 @@ def output_norm(o: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
 
 def output_rms(o: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
     """``||o||_2 / sqrt(n)``, ``n`` the number of elements (per run); NaN when ``n = 0``."""
+    return rms_from_norm(output_norm(o, run_dim), o, run_dim)
+
+
+def rms_from_norm(norm: torch.Tensor, o: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
+    """``output_rms`` from an already computed ``output_norm(o, run_dim)``."""
     runs = 1 if run_dim is None else o.shape[run_dim]
     per_run = o.numel() // runs if runs else 0
-    return (
-        output_norm(o, run_dim) / math.sqrt(per_run)
-        if per_run
-        else output_norm(o, run_dim) * math.nan
-    )
+    return norm / math.sqrt(per_run) if per_run else norm * math.nan
 
 
 def gain(o: torch.Tensor, x: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
@@ -92,20 +93,27 @@ def row_coherence(
     weight: torch.Tensor,
     chunk_elements: int = GRAM_CHUNK_ELEMENTS,
     run_dim: int | None = None,
+    groups: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Maximum and mean absolute cosine between distinct weight rows.
 
     ``C = D^-1 W W^T D^-1`` with ``D = diag(||w_i||)``; returns
     ``(max_{i != j} |C_ij|, sum_{i != j} |C_ij| / (n (n - 1)))``.
 
-    The Gram matrix is built ``chunk`` rows at a time (``chunk * n <= chunk_elements``), so
-    a 2048-row layer never holds the full ``n x n`` matrix nor a normalised copy of ``W``;
-    the only full-size temporary is the float32 view of ``W`` when ``W`` is half precision.
+    A grouped convolution's rows live in the full ``in_channels * kh * kw`` input space,
+    zero outside their group's inputs, so rows of different groups are orthogonal
+    (``C_ij = 0``): only pairs within a group are computed, and the mean still divides by
+    all ``n (n - 1)`` pairs. The Gram matrix is built ``chunk`` rows at a time
+    (``chunk * n <= chunk_elements``), so a 2048-row layer never holds the full ``n x n``
+    matrix nor a normalised copy of ``W``; the only full-size temporary is the float32
+    view of ``W`` when ``W`` is half precision. Rounding can put ``|C_ij|`` a hair above 1;
+    it is clamped to 1.
 
     Args:
         weight: a Linear or ConvNd weight (rows = output units / channels).
         chunk_elements: bound on the Gram entries materialised at once (per run).
         run_dim: the dimension indexing independent runs, if any (values are then per run).
+        groups: the convolution's ``groups`` (1 for Linear and ordinary convolutions).
 
     Returns:
         Two tensors ``(max, mean)``, 0-d (or ``(runs,)``); see the module docstring for one
@@ -114,24 +122,46 @@ def row_coherence(
     rows = weight_rows(weight, run_dim).to(_accumulation_dtype(weight))
     if run_dim is None:
         rows = rows[None]
-    runs, n = rows.shape[0], rows.shape[1]
+    runs, n, d = rows.shape
+    if n % groups:
+        raise ValueError(f"{n} weight rows cannot form {groups} groups")
     if n == 1:
         zero = rows.new_zeros(runs)
         coherence = (zero, zero.clone())
     else:
         norms = torch.linalg.vector_norm(rows, dim=2)
-        chunk = max(1, min(n, chunk_elements // n))
-        running_max = rows.new_zeros(runs)
-        running_sum = rows.new_zeros(runs)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            cos = torch.matmul(rows[:, start:stop], rows.transpose(1, 2)).abs_()
-            cos /= norms[:, start:stop, None] * norms[:, None, :]
-            diagonal = torch.arange(stop - start, device=rows.device)
-            cos[:, diagonal, diagonal + start] = 0.0
-            running_max = torch.maximum(running_max, cos.amax(dim=(1, 2)))
-            running_sum = running_sum + cos.sum(dim=(1, 2))
-        coherence = (running_max, running_sum / (n * (n - 1)))
+        blocks = rows.reshape(runs * groups, n // groups, d)
+        block_norms = norms.reshape(runs * groups, n // groups)
+        per_block_max, per_block_sum = _gram_max_and_sum(blocks, block_norms, chunk_elements)
+        has_zero_row = (norms == 0).any(dim=1)
+        nan = rows.new_full((), math.nan)
+        coherence = tuple(
+            torch.where(has_zero_row, nan, value)
+            for value in (
+                per_block_max.view(runs, groups).amax(dim=1),
+                per_block_sum.view(runs, groups).sum(dim=1) / (n * (n - 1)),
+            )
+        )
     if run_dim is None:
         return coherence[0][0], coherence[1][0]
     return coherence
+
+
+def _gram_max_and_sum(
+    rows: torch.Tensor, norms: torch.Tensor, chunk_elements: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per batch ``b``: max and sum over ``i != j`` of ``|rows_bi . rows_bj| / (n_bi n_bj)``."""
+    batch, n, _ = rows.shape
+    chunk = max(1, min(n, chunk_elements // n))
+    running_max = rows.new_zeros(batch)
+    running_sum = rows.new_zeros(batch)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        cos = torch.matmul(rows[:, start:stop], rows.transpose(1, 2)).abs_()
+        cos /= norms[:, start:stop, None] * norms[:, None, :]
+        cos.clamp_(max=1.0)
+        diagonal = torch.arange(stop - start, device=rows.device)
+        cos[:, diagonal, diagonal + start] = 0.0
+        running_max = torch.maximum(running_max, cos.amax(dim=(1, 2)))
+        running_sum = running_sum + cos.sum(dim=(1, 2))
+    return running_max, running_sum

@@ -41,6 +41,7 @@ GRAD_METRICS = ("grad_norm",)
 WEIGHT_METRICS = ("weight_norm", "coherence", "coherence_mean")
 METRICS = FORWARD_METRICS + GRAD_METRICS + WEIGHT_METRICS
 COLUMNS = ("step", "layer", "layer_idx", "call_idx", "metric", "value")
+ROOT_NAME = "(model)"  # the layer name of a model that is itself a single layer
 
 Selector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
@@ -96,7 +97,7 @@ def select_modules(
     modules without weights (activations, residual blocks). An include glob that matches no
     candidate raises ``ValueError`` listing the candidates.
     """
-    named = [(name, m) for name, m in model.named_modules() if name]
+    named = [(name or ROOT_NAME, m) for name, m in model.named_modules()]
     candidates = [(name, m) for name, m in named if owns_matrix_weight(m, run_dim)]
     chosen = _apply(include, named, candidates, keep=True) if include is not None else candidates
     if exclude is not None:
@@ -173,6 +174,8 @@ class Recorder:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"Recorder needs an nn.Module, got {type(model).__name__}")
+        if isinstance(metrics, str):
+            metrics = [metrics]
         self.metrics = tuple(METRICS if metrics is None else metrics)
         unknown = sorted(set(self.metrics) - set(METRICS))
         if unknown:
@@ -207,13 +210,15 @@ class Recorder:
         self._host_values: list[np.ndarray] = []
         self._host_keys: list[np.ndarray] = []
         self._handles: list = []
+        self._attached = False
+        self._depth = 0  # nesting of ``with`` blocks; construction attaches without entering
         self._paused = False
         self._set_phase()
         self._attach()
 
     # ------------------------------------------------------------------ lifecycle
     def _attach(self) -> None:
-        if self._handles:
+        if self._attached:
             return  # attaching twice never records twice
         owner = _ACTIVE.get(self._model)
         if owner is not None:
@@ -226,6 +231,7 @@ class Recorder:
             handle = module.register_forward_hook(partial(hook, name))
             self._handles.append(handle)
         _ACTIVE[self._model] = f"Recorder at {id(self):#x}"
+        self._attached = True
 
     def close(self) -> None:
         """Flush pending values and remove every hook (idempotent)."""
@@ -233,16 +239,20 @@ class Recorder:
         self.flush()
         for handle in self._handles:
             handle.remove()
-        if self._handles:
-            _ACTIVE.pop(self._model, None)
         self._handles.clear()
+        if self._attached:
+            _ACTIVE.pop(self._model, None)
+        self._attached = False
 
     def __enter__(self) -> Recorder:
         self._attach()
+        self._depth += 1
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self._depth -= 1
+        if self._depth == 0:
+            self.close()
 
     @contextmanager
     def paused(self):
@@ -277,8 +287,7 @@ class Recorder:
                 if metric == "output_norm":
                     self._put(norm, step, code, call, metric)
                 elif metric == "output_rms":
-                    runs = 1 if run_dim is None else out.shape[run_dim]
-                    self._put(norm / max(out.numel() // runs, 1) ** 0.5, step, code, call, metric)
+                    self._put(M.rms_from_norm(norm, out, run_dim), step, code, call, metric)
                 else:
                     x = _first_tensor(args)
                     if x is not None:
@@ -290,14 +299,19 @@ class Recorder:
                 weight = module.weight
                 values = {"weight_norm": M.weight_norm(weight, self.run_dim)}
                 if "coherence" in self._weight or "coherence_mean" in self._weight:
-                    coherence = M.row_coherence(weight, run_dim=self.run_dim)
+                    groups = getattr(module, "groups", 1)
+                    coherence = M.row_coherence(weight, run_dim=self.run_dim, groups=groups)
                     values["coherence"], values["coherence_mean"] = coherence
             for metric in self._weight:
                 self._put(values[metric], step, code, call, metric)
 
     def _grad_hook(self, step: int, code: int, call: int):
+        recorder = weakref.ref(self)  # the autograd graph must not keep the recorder alive
+
         def hook(grad: torch.Tensor) -> None:
-            self._put(M.output_norm(grad, self.run_dim), step, code, call, "grad_norm")
+            alive = recorder()
+            if alive is not None and alive._attached:
+                alive._put(M.output_norm(grad, alive.run_dim), step, code, call, "grad_norm")
 
         return torch._dynamo.disable(hook)
 
