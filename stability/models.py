@@ -16,6 +16,7 @@ gain (see :mod:`stability.normalization`).
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,15 @@ from stability.normalization import (
     weight_norm,
 )
 
-__all__ = ["Cifar10NV", "DeepLinear", "cifar10_nv", "deep_linear", "resnet50", "xavier_init_"]
+__all__ = [
+    "DEEP_LINEAR_NORMS",
+    "Cifar10NV",
+    "DeepLinear",
+    "cifar10_nv",
+    "deep_linear",
+    "resnet50",
+    "xavier_init_",
+]
 
 _INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -62,7 +71,9 @@ class Cifar10NV(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
-            raise ValueError(f"cifar10_nv expects (N, C, 28, 28) inputs, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"cifar10_nv expects (N, C, 28, 28) inputs, got shape {tuple(x.shape)}"
+            )
         h, w = x.shape[-2:]
         if (h, w) != self.input_size:
             raise ValueError(f"cifar10_nv expects 28x28 inputs, got {h}x{w}")
@@ -241,7 +252,7 @@ def deep_linear(
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"deep_linear needs depth >= 1, got {depth!r}")
     sizes = [in_features] + [width] * (depth - 1) + [num_classes]
-    layers = [nn.Linear(n_in, n_out, bias=bias) for n_in, n_out in zip(sizes, sizes[1:])]
+    layers = [nn.Linear(n_in, n_out, bias=bias) for n_in, n_out in pairwise(sizes)]
     for layer in layers:
         xavier_init_(layer)
         if norm == "wn":

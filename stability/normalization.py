@@ -7,8 +7,8 @@ of row :math:`j` with the input:
 
 ============  ==================================================================================
 ``none``      :math:`o_j = \mathrm{ReLU}(W_j * x + b_j)`
-``bn``        :math:`o_j = \mathrm{ReLU}(\gamma_j \frac{y_j - E_B[y_j]}{\sqrt{Var_B[y_j] + \epsilon}}
-              + \beta_j)`, :math:`y = W * x`
+``bn``        :math:`o_j = \mathrm{ReLU}(\gamma_j \frac{y_j - E_B[y_j]}{\sqrt{Var_B[y_j] +
+              \epsilon}} + \beta_j)`, :math:`y = W * x`
 ``wn``        :math:`o_j = \mathrm{ReLU}(g_j \frac{W_j * x}{\|W_j\|_F + \epsilon} + b_j)`
 ``np``        :math:`o_j = \frac{\mathrm{ReLU}(g_j \frac{W_j * x}{\|W_j\|_F + \epsilon} + b_j)
               - \sqrt{1/(2\pi)}}{\sqrt{\frac12 (1 - 1/\pi)}}`
@@ -248,7 +248,10 @@ class NPActivation(nn.Module):
     For :math:`o \sim N(0, 1)` the rectified Gaussian :math:`\mathrm{ReLU}(o)` has mean
     :math:`\sqrt{1/(2\pi)} \approx 0.39894` and variance :math:`\frac12(1 - 1/\pi)`
     (standard deviation :math:`\approx 0.58382`), so the output has zero mean and unit
-    variance again (Arpit et al., 2016).
+    variance again (Arpit et al., 2016). It is not a normalizer: for input
+    :math:`N(0, \sigma^2)` the output has variance :math:`\sigma^2` and mean
+    :math:`0.683(\sigma - 1)`, so deviations from the assumptions are not corrected
+    and compound with depth.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -686,8 +689,7 @@ def convert_norm(model: nn.Module, kind: str, *, eps: float = DEFAULT_EPS) -> nn
         raise ValueError("convert_norm expects a model without parametrizations")
 
     bn_pairs = _pair_batchnorms(model)
-    gets_beta = {id(layer) for name, layer in bn_pairs.items()
-                 if model.get_submodule(name).affine}
+    gets_beta = {id(layer) for name, layer in bn_pairs.items() if model.get_submodule(name).affine}
     layers = [m for m in model.modules() if isinstance(m, _WEIGHT_LAYERS)]
     for layer in layers:
         bias = layer.bias is not None or id(layer) in gets_beta
