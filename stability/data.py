@@ -1150,8 +1150,9 @@ def flat_training_set(
             key, subset=(subset or 60_000, 1), image_size=image_size or PAPER_CROP, in_channels=1
         )
     else:
-        train, _, _ = build_datasets(key, data_dir, image_size=image_size or 32,
-                                     subset=(subset or 10_000, 1))
+        train, _, _ = build_datasets(
+            key, data_dir, image_size=image_size or 32, subset=(subset or 10_000, 1)
+        )
     loader = DataLoader(train, batch_size=512, num_workers=default_num_workers(train))
     xs, ys = zip(*loader, strict=True)
     x, y = torch.cat(xs).flatten(1), torch.cat(ys)

@@ -106,14 +106,14 @@ def check_norm_kind(kind: object) -> str:
 # --------------------------------------------------------------------------- weight norm
 
 
-def _row_norms(v: Tensor) -> Tensor:
-    """Frobenius norm of each output row, :math:`\\|v_j\\|_F`, shape ``(out,)``."""
-    return torch.linalg.vector_norm(v.flatten(1), dim=1)
+def _row_norms(v: Tensor, run_dims: int = 0) -> Tensor:
+    """Frobenius norm of each output row, :math:`\\|v_j\\|_F`, shape ``(*runs, out)``."""
+    return torch.linalg.vector_norm(v.flatten(run_dims + 1), dim=-1)
 
 
 def _per_row(t: Tensor, like: Tensor) -> Tensor:
-    """Reshape a ``(out,)`` tensor to broadcast over the rows of ``like``."""
-    return t.view(-1, *([1] * (like.dim() - 1)))
+    """Reshape a ``(*runs, out)`` tensor to broadcast over the rows of ``like``."""
+    return t.view(*t.shape, *([1] * (like.dim() - t.dim())))
 
 
 class WeightNorm(nn.Module):
@@ -135,26 +135,29 @@ class WeightNorm(nn.Module):
     Args:
         gain: learn a per-output gain :math:`g`.
         eps: the :math:`\epsilon` added to the row norm.
+        run_dims: leading dimensions indexing independent runs (a stacked weight
+            ``(runs, out, ...)`` has ``run_dims=1``; see :mod:`stability.stacked`).
     """
 
-    def __init__(self, gain: bool = True, eps: float = DEFAULT_EPS) -> None:
+    def __init__(self, gain: bool = True, eps: float = DEFAULT_EPS, run_dims: int = 0) -> None:
         super().__init__()
         self.gain = gain
         self.eps = eps
+        self.run_dims = run_dims
 
     def forward(self, *originals: Tensor) -> Tensor:
         if self.gain:
             g, v = originals
-            scale = g / (_row_norms(v) + self.eps)
+            scale = g / (_row_norms(v, self.run_dims) + self.eps)
         else:
             (v,) = originals
-            scale = 1.0 / (_row_norms(v) + self.eps)
+            scale = 1.0 / (_row_norms(v, self.run_dims) + self.eps)
         return v * _per_row(scale, v)
 
     def right_inverse(self, weight: Tensor) -> tuple[Tensor, Tensor] | Tensor:
         if not self.gain:
             return weight
-        return _row_norms(weight) + self.eps, weight
+        return _row_norms(weight, self.run_dims) + self.eps, weight
 
     def extra_repr(self) -> str:
         return f"gain={self.gain}, eps={self.eps}"

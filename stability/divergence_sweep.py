@@ -1,0 +1,267 @@
+r"""The paper's section-5 experiment: a deep linear network trained over a learning-rate sweep.
+
+"We trained a simple *linear* (with no bias) 50-layer fully-connected network ... Each
+layer except for the first and last was 64 neurons. With a wide range of learning rates
+the network completely diverged in less than a hundred iterations due to the broken
+orthogonality assumptions." (Gitman & Ginsburg 2017, section 5.)
+
+For each normalization kind, every (learning rate, seed) pair is one independent run; the
+runs of one kind are trained together as a :class:`stability.stacked.StackedDeepLinear`
+(SGD with momentum 0.9, one learning rate per run) and recorded by one
+:class:`stability.Recorder` (``run_dim=0``), every layer every step, weights included.
+A run's initial weights and its mini-batch order depend on its seed only, so every
+learning rate starts from the same network.
+
+Divergence of a run at step ``t`` (0-based; ``t`` updates had been applied): its loss is
+non-finite, or some layer's ``output_rms`` is non-finite or exceeds ``threshold``
+(:func:`stability.fitting.divergence_onset`). A run that never diverges is censored at the
+iteration limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from stability import fitting
+from stability.models import deep_linear
+from stability.recorder import Recorder
+from stability.stacked import StackedDeepLinear, StackedSGD, keep_runs
+
+RUN_KEYS = ("norm", "lr", "seed")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that defines a sweep (written next to every result as ``config.json``)."""
+
+    norms: tuple[str, ...] = ("none", "wn", "bn")
+    lrs: tuple[float, ...] = tuple(float(v) for v in np.logspace(-4, 0, 9))
+    seeds: tuple[int, ...] = (0, 1, 2)
+    iters: int = 100
+    depth: int = 50
+    width: int = 64
+    batch_size: int = 256
+    momentum: float = 0.9
+    threshold: float = 1e6
+    warning_factor: float = 1.05
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def batch_indices(n_samples: int, batch_size: int, seed: int, iters: int) -> torch.Tensor:
+    """Mini-batch indices ``(iters, batch_size)``: successive random permutations of the data.
+
+    Depends only on ``seed`` (a private generator), so every learning rate of one seed sees
+    the same batches.
+    """
+    if batch_size > n_samples:
+        raise ValueError(f"batch size {batch_size} exceeds the {n_samples} training samples")
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = n_samples // batch_size
+    epochs = math.ceil(iters / per_epoch)
+    order = [torch.randperm(n_samples, generator=generator) for _ in range(epochs)]
+    batches = [p[: per_epoch * batch_size].view(per_epoch, batch_size) for p in order]
+    return torch.cat(batches)[:iters]
+
+
+def initial_models(norm: str, seeds: Sequence[int], config: SweepConfig, shape: tuple[int, int]):
+    """One unbatched :func:`deep_linear` per seed (seeded init), for stacking or as twins."""
+    in_features, num_classes = shape
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(
+            deep_linear(config.depth, config.width, in_features, num_classes, norm=norm, bias=False)
+        )
+    return models
+
+
+@dataclass
+class NormSweep:
+    """The raw result of one normalization kind: per-run records and losses."""
+
+    norm: str
+    runs: list[tuple[float, int]]
+    records: pd.DataFrame  # Recorder table with a ``run`` column
+    losses: np.ndarray  # (runs, steps trained)
+
+
+def train_norm(
+    norm: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: SweepConfig,
+    progress: Callable[[int], None] | None = None,
+) -> NormSweep:
+    """Train every (lr, seed) run of one normalization kind together; record everything.
+
+    After each step the runs that diverged (non-finite loss, or last-layer output rms
+    beyond the threshold: both divergences by definition) are removed from the stacked
+    model, so the remaining runs train at the cost of the survivors only. Each stretch of
+    steps between removals has its own Recorder; the tables are joined with global run
+    indices and steps. Reading the loss on the host every step is a synchronisation that
+    this experiment accepts (it needs the loss on the host to decide which runs to keep).
+    """
+    runs = [(lr, seed) for lr in config.lrs for seed in config.seeds]
+    num_classes = int(y.max()) + 1
+    models = initial_models(norm, [seed for _, seed in runs], config, (x.shape[1], num_classes))
+    device = torch.device(config.device)
+    model = StackedDeepLinear.from_models(models).to(device)
+    optimizer = StackedSGD(
+        model.parameters(), torch.tensor([lr for lr, _ in runs]), config.momentum
+    )
+    indices = torch.stack(
+        [batch_indices(len(x), config.batch_size, seed, config.iters) for _, seed in runs], dim=1
+    ).to(device)
+    x, y = x.to(device), y.to(device)
+    losses = np.full((len(runs), config.iters), np.nan)
+    active = np.arange(len(runs))
+    frames, step = [], 0
+    while step < config.iters and len(active):
+        start = step
+        with Recorder(model, run_dim=0, weight_every=1, flush_every=config.iters) as recorder:
+            while step < config.iters:
+                batch = indices[step, torch.as_tensor(active, device=device)]
+                logits = model(x[batch])
+                per_sample = F.cross_entropy(
+                    logits.flatten(0, 1), y[batch].flatten(), reduction="none"
+                )
+                loss = per_sample.view(len(active), -1).mean(dim=1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                optimizer.step()
+                recorder.step()
+                losses[active, step] = loss.detach().cpu().numpy()
+                converging = _still_converging(loss.detach(), logits.detach(), config.threshold)
+                step += 1
+                if progress is not None:
+                    progress(1)
+                if not converging.all():
+                    break
+        frame = recorder.to_frame()
+        frame["step"] += start
+        frame["run"] = active[frame["run"].to_numpy()]
+        frames.append(frame)
+        keep = np.flatnonzero(converging)
+        active = active[keep]
+        optimizer = keep_runs(model, optimizer, torch.as_tensor(keep, device=device))
+    if progress is not None:
+        progress(config.iters - step)
+    return NormSweep(norm, runs, pd.concat(frames, ignore_index=True), losses)
+
+
+def _still_converging(loss: torch.Tensor, logits: torch.Tensor, threshold: float) -> np.ndarray:
+    """Runs whose loss is finite and whose last layer's output rms is within ``threshold``.
+
+    Either failure is a divergence by definition (the last layer's ``output_rms`` is one of
+    the recorded values), so a run flagged here has already reached its onset.
+    """
+    rms = logits.float().square().mean(dim=(1, 2)).sqrt()
+    return (torch.isfinite(loss) & torch.isfinite(rms) & (rms <= threshold)).cpu().numpy()
+
+
+def _per_run_onsets(sweep: NormSweep, threshold: float) -> dict[int, int | None]:
+    """Divergence step of every run (None if it never diverged)."""
+    rms = sweep.records[sweep.records["metric"] == "output_rms"]
+    onsets: dict[int, int | None] = {}
+    for run, frame in rms.groupby("run", sort=True):
+        found = fitting.divergence_onset(frame.drop(columns="run"), threshold)
+        bad_loss = np.flatnonzero(~np.isfinite(sweep.losses[run]))
+        steps = [s for s in (found and found.step, bad_loss[0] if len(bad_loss) else None)]
+        steps = [int(s) for s in steps if s is not None]
+        onsets[int(run)] = min(steps) if steps else None
+    return onsets
+
+
+def _layer_stat(frame: pd.DataFrame, metric: str, step: int, how: str) -> float:
+    values = frame.loc[(frame["metric"] == metric) & (frame["step"] == step), "value"]
+    return float(getattr(values, how)()) if len(values) else math.nan
+
+
+def summarize(sweep: NormSweep, config: SweepConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-run summary rows and the tidy records truncated at each run's onset.
+
+    Returns:
+        ``(summary, records)``: ``summary`` has one row per run (columns of
+        :data:`SUMMARY_COLUMNS`); ``records`` has ``norm, lr, seed`` instead of ``run``
+        and keeps, for a diverged run, the steps up to and including the onset.
+    """
+    onsets = _per_run_onsets(sweep, config.threshold)
+    rows, kept = [], []
+    for run, frame in sweep.records.groupby("run", sort=True):
+        lr, seed = sweep.runs[run]
+        onset = onsets[int(run)]
+        last_good = (onset - 1) if onset is not None else int(frame["step"].max())
+        frame = frame[frame["step"] <= (onset if onset is not None else last_good)]
+        table = frame.drop(columns="run")
+        growth = fitting.depth_growth(table, "output_rms").set_index("step")["factor"]
+        warning = fitting.early_warning(
+            table, config.warning_factor, threshold=config.threshold, onset_metric="output_rms"
+        )
+        losses = sweep.losses[run][: last_good + 1] if last_good >= 0 else np.array([math.nan])
+        rows.append(
+            {
+                "norm": sweep.norm,
+                "lr": lr,
+                "seed": seed,
+                "diverged": onset is not None,
+                "iteration": onset if onset is not None else config.iters,
+                "final_loss": float(losses[-1]) if len(losses) else math.nan,
+                "growth_factor_start": float(growth.get(0, math.nan)),
+                "growth_factor_before": float(growth.get(max(last_good, 0), math.nan)),
+                "coherence_max_start": _layer_stat(table, "coherence", 0, "max"),
+                "coherence_mean_start": _layer_stat(table, "coherence_mean", 0, "mean"),
+                "coherence_max_before": _layer_stat(table, "coherence", max(last_good, 0), "max"),
+                "coherence_mean_before": _layer_stat(
+                    table, "coherence_mean", max(last_good, 0), "mean"
+                ),
+                "warning_step": warning.warn_step if warning else None,
+                "warning_lead": warning.lead if warning and onset is not None else None,
+            }
+        )
+        kept.append(table.assign(norm=sweep.norm, lr=lr, seed=seed))
+    records = pd.concat(kept, ignore_index=True)
+    records = records[list(RUN_KEYS) + list(fitting.COLUMNS)]
+    return pd.DataFrame(rows), records
+
+
+def loss_table(sweep: NormSweep) -> pd.DataFrame:
+    """Training loss per (norm, lr, seed, step)."""
+    runs, steps = sweep.losses.shape
+    return pd.DataFrame(
+        {
+            "norm": sweep.norm,
+            "lr": np.repeat([lr for lr, _ in sweep.runs], steps),
+            "seed": np.repeat([seed for _, seed in sweep.runs], steps),
+            "step": np.tile(np.arange(steps), runs),
+            "loss": sweep.losses.reshape(-1),
+        }
+    )
+
+
+def verdict(summary: pd.DataFrame, iters: int) -> str:
+    """One line on the paper's claim: at how many learning rates each norm diverged.
+
+    A learning rate counts as diverged when the median over seeds of iterations-to-
+    divergence is below the iteration limit (i.e. most seeds diverged).
+    """
+    parts = []
+    for norm, frame in summary.groupby("norm", sort=False):
+        per_lr = frame.groupby("lr")["diverged"].mean()
+        parts.append(
+            f"{norm.upper() if norm != 'none' else 'none'} at {int((per_lr > 0.5).sum())}"
+            f"/{len(per_lr)}"
+        )
+    return f"Diverged within {iters} iterations (most seeds) at learning rates: " + ", ".join(parts)
