@@ -383,6 +383,16 @@ class Recorder:
         sort_keys = [keys[:, 3], keys[:, 2], columns["layer_idx"], run, keys[:, 0]]
         return frame.iloc[np.lexsort(sort_keys)].reset_index(drop=True)
 
+    def pop_frame(self) -> pd.DataFrame:
+        """Like :meth:`to_frame`, then forget those rows (bounded host memory for long runs).
+
+        Use it to stream records to disk in parts, e.g. one parquet file per epoch.
+        """
+        frame = self.to_frame()
+        self._host_values.clear()
+        self._host_keys.clear()
+        return frame
+
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write :meth:`to_frame` to ``path`` (``.parquet`` or ``.csv``), atomically.
 

@@ -1012,3 +1012,41 @@ def test_no_host_sync_on_cuda():
     frame = rec.to_frame()
     assert len(frame) == 50 * 3 * 4 + 5 * 3 * 3
     assert np.isfinite(frame.value).all()
+
+
+def test_pop_frame_returns_each_row_once():
+    """pop_frame() hands out rows once; concatenated parts equal a single to_frame()."""
+    import pandas as pd
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    twin = copy.deepcopy(model)
+    parts = []
+    with Recorder(model, weight_every=2) as rec, Recorder(twin, weight_every=2) as whole:
+        for step in range(5):
+            model(x).sum().backward()
+            twin(x).sum().backward()
+            rec.step()
+            whole.step()
+            if step in (1, 3):
+                parts.append(rec.pop_frame())
+        parts.append(rec.pop_frame())
+    assert rec.pop_frame().empty
+    joined = pd.concat(parts, ignore_index=True)
+    expected = whole.to_frame()
+    pd.testing.assert_frame_equal(joined.drop(columns="value"), expected.drop(columns="value"))
+    assert np.allclose(joined["value"], expected["value"])
+
+
+def test_single_layer_model_and_string_metric():
+    """A bare nn.Linear is recorded under the root name; metrics='output_rms' is one metric."""
+    layer = nn.Linear(4, 3)
+    with Recorder(layer, metrics="output_rms") as rec:
+        out = layer(torch.randn(2, 4))
+        rec.step()
+    frame = rec.to_frame()
+    assert set(frame["metric"]) == {"output_rms"}
+    assert frame["value"].iloc[0] == pytest.approx(
+        float(out.detach().norm() / out.numel() ** 0.5), rel=1e-6
+    )
