@@ -221,6 +221,7 @@ def summarize(sweep: NormSweep, config: SweepConfig) -> tuple[pd.DataFrame, pd.D
                 "final_loss": float(losses[-1]) if len(losses) else math.nan,
                 "growth_factor_start": float(growth.get(0, math.nan)),
                 "growth_factor_before": float(growth.get(max(last_good, 0), math.nan)),
+                "growth_factor_max_before": float(growth.loc[: max(last_good, 0)].max()),
                 "coherence_max_start": _layer_stat(table, "coherence", 0, "max"),
                 "coherence_mean_start": _layer_stat(table, "coherence_mean", 0, "mean"),
                 "coherence_max_before": _layer_stat(table, "coherence", max(last_good, 0), "max"),
