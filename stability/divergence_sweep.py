@@ -172,70 +172,72 @@ def _still_converging(loss: torch.Tensor, logits: torch.Tensor, threshold: float
     return (torch.isfinite(loss) & torch.isfinite(rms) & (rms <= threshold)).cpu().numpy()
 
 
-def _per_run_onsets(sweep: NormSweep, threshold: float) -> dict[int, int | None]:
-    """Divergence step of every run (None if it never diverged)."""
-    rms = sweep.records[sweep.records["metric"] == "output_rms"]
-    onsets: dict[int, int | None] = {}
-    for run, frame in rms.groupby("run", sort=True):
-        found = fitting.divergence_onset(frame.drop(columns="run"), threshold)
-        bad_loss = np.flatnonzero(~np.isfinite(sweep.losses[run]))
-        steps = [s for s in (found and found.step, bad_loss[0] if len(bad_loss) else None)]
-        steps = [int(s) for s in steps if s is not None]
-        onsets[int(run)] = min(steps) if steps else None
-    return onsets
+def run_onset(records: pd.DataFrame, losses: np.ndarray, threshold: float) -> int | None:
+    """Divergence step of one run: the first non-finite loss, or the first step where some
+    layer's ``output_rms`` is non-finite or above ``threshold``; None if neither happens."""
+    rms = records[records["metric"] == "output_rms"]
+    found = fitting.divergence_onset(rms, threshold) if len(rms) else None
+    bad_loss = np.flatnonzero(~np.isfinite(losses))
+    candidates = [found.step if found else None, bad_loss[0] if len(bad_loss) else None]
+    steps = [int(step) for step in candidates if step is not None]
+    return min(steps) if steps else None
 
 
 def _layer_stat(frame: pd.DataFrame, metric: str, step: int, how: str) -> float:
+    """``how`` (max / mean) over layers of ``metric`` at ``step``; NaN if not recorded."""
     values = frame.loc[(frame["metric"] == metric) & (frame["step"] == step), "value"]
     return float(getattr(values, how)()) if len(values) else math.nan
+
+
+def summarize_run(
+    records: pd.DataFrame, losses: np.ndarray, config: SweepConfig
+) -> tuple[dict, pd.DataFrame]:
+    """One run's summary row and its records truncated after the onset.
+
+    ``before`` is the last step before the onset (the last step for a censored run); the
+    onset step itself is kept in the records, since it shows what diverged.
+    """
+    onset = run_onset(records, losses, config.threshold)
+    before = max((onset - 1) if onset is not None else int(records["step"].max()), 0)
+    records = records[records["step"] <= (onset if onset is not None else before)]
+    growth = fitting.depth_growth(records, "output_rms").set_index("step")["factor"]
+    warning = fitting.early_warning(
+        records, config.warning_factor, threshold=config.threshold, onset_metric="output_rms"
+    )
+    row = {
+        "diverged": onset is not None,
+        "iteration": onset if onset is not None else config.iters,
+        "final_loss": float(losses[before]),
+        "growth_factor_start": float(growth.get(0, math.nan)),
+        "growth_factor_before": float(growth.get(before, math.nan)),
+        "growth_factor_max_before": float(growth.loc[:before].max()),
+        "coherence_max_start": _layer_stat(records, "coherence", 0, "max"),
+        "coherence_mean_start": _layer_stat(records, "coherence_mean", 0, "mean"),
+        "coherence_max_before": _layer_stat(records, "coherence", before, "max"),
+        "coherence_mean_before": _layer_stat(records, "coherence_mean", before, "mean"),
+        "warning_step": warning.warn_step if warning else None,
+        "warning_lead": warning.lead if warning and onset is not None else None,
+    }
+    return row, records
 
 
 def summarize(sweep: NormSweep, config: SweepConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-run summary rows and the tidy records truncated at each run's onset.
 
     Returns:
-        ``(summary, records)``: ``summary`` has one row per run (columns of
-        :data:`SUMMARY_COLUMNS`); ``records`` has ``norm, lr, seed`` instead of ``run``
-        and keeps, for a diverged run, the steps up to and including the onset.
+        ``(summary, records)``: ``summary`` has one row per run (``norm, lr, seed`` then
+        the columns of :func:`summarize_run`); ``records`` has ``norm, lr, seed`` instead of
+        ``run`` and keeps, for a diverged run, the steps up to and including the onset.
     """
-    onsets = _per_run_onsets(sweep, config.threshold)
     rows, kept = [], []
     for run, frame in sweep.records.groupby("run", sort=True):
         lr, seed = sweep.runs[run]
-        onset = onsets[int(run)]
-        last_good = (onset - 1) if onset is not None else int(frame["step"].max())
-        frame = frame[frame["step"] <= (onset if onset is not None else last_good)]
-        table = frame.drop(columns="run")
-        growth = fitting.depth_growth(table, "output_rms").set_index("step")["factor"]
-        warning = fitting.early_warning(
-            table, config.warning_factor, threshold=config.threshold, onset_metric="output_rms"
-        )
-        losses = sweep.losses[run][: last_good + 1] if last_good >= 0 else np.array([math.nan])
-        rows.append(
-            {
-                "norm": sweep.norm,
-                "lr": lr,
-                "seed": seed,
-                "diverged": onset is not None,
-                "iteration": onset if onset is not None else config.iters,
-                "final_loss": float(losses[-1]) if len(losses) else math.nan,
-                "growth_factor_start": float(growth.get(0, math.nan)),
-                "growth_factor_before": float(growth.get(max(last_good, 0), math.nan)),
-                "growth_factor_max_before": float(growth.loc[: max(last_good, 0)].max()),
-                "coherence_max_start": _layer_stat(table, "coherence", 0, "max"),
-                "coherence_mean_start": _layer_stat(table, "coherence_mean", 0, "mean"),
-                "coherence_max_before": _layer_stat(table, "coherence", max(last_good, 0), "max"),
-                "coherence_mean_before": _layer_stat(
-                    table, "coherence_mean", max(last_good, 0), "mean"
-                ),
-                "warning_step": warning.warn_step if warning else None,
-                "warning_lead": warning.lead if warning and onset is not None else None,
-            }
-        )
-        kept.append(table.assign(norm=sweep.norm, lr=lr, seed=seed))
+        keys = {"norm": sweep.norm, "lr": lr, "seed": seed}
+        row, records = summarize_run(frame.drop(columns="run"), sweep.losses[run], config)
+        rows.append(keys | row)
+        kept.append(records.assign(**keys))
     records = pd.concat(kept, ignore_index=True)
-    records = records[list(RUN_KEYS) + list(fitting.COLUMNS)]
-    return pd.DataFrame(rows), records
+    return pd.DataFrame(rows), records[list(RUN_KEYS) + list(fitting.COLUMNS)]
 
 
 def loss_table(sweep: NormSweep) -> pd.DataFrame:
