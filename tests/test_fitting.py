@@ -385,3 +385,32 @@ def test_errors_name_the_problem():
         fitting.depth_growth(frame, layers=["block0.conv", "nope"])
     with pytest.raises(ValueError, match="more than one row"):
         fitting.depth_growth(pd.concat([frame, frame.iloc[:1]]))
+
+
+def test_depth_growth_recovers_factor_of_scaled_orthogonal_network():
+    """Recorder + depth_growth on a real network: layer k is f * Q_k with Q_k orthogonal, so
+    ||h_k|| = f**k ||x|| exactly and the fitted per-layer factor must be f."""
+    import torch
+    from torch import nn
+
+    from stability import Recorder
+
+    factor, depth, width = 1.07, 24, 16
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        q, _ = torch.linalg.qr(torch.randn(width, width, dtype=torch.float64))
+        layer = nn.Linear(width, width, bias=False).double()
+        with torch.no_grad():
+            layer.weight.copy_(factor * q)
+        layers.append(layer)
+    model = nn.Sequential(*layers)
+    with Recorder(model, metrics=["output_rms", "gain"]) as rec:
+        for _ in range(3):
+            model(torch.randn(8, width, dtype=torch.float64))
+            rec.step()
+    frame = rec.to_frame()
+    growth = fitting.depth_growth(frame, "output_rms")
+    assert len(growth) == 3
+    np.testing.assert_allclose(growth["factor"], factor, rtol=1e-9)
+    np.testing.assert_allclose(frame.loc[frame["metric"] == "gain", "value"], factor, rtol=1e-9)
