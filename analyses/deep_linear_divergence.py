@@ -23,10 +23,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from stability import data
+from stability.cli import comma_list, nonnegative_int, one_of, positive_float, positive_int
 from stability.divergence_figure import draw
 from stability.divergence_sweep import (
     SweepConfig,
@@ -41,61 +41,6 @@ QUICK = {"lrs": (1e-3, 0.1, 1.0), "seeds": (0,), "iters": 40, "train_subset": 40
 DATASETS = ("fashion-mnist", "cifar10", "imagenet", "synthetic")
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values or any(not np.isfinite(v) or v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"learning rates must be positive numbers, got {text!r}")
-    return values
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
-
-
-def _norms(text: str) -> tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in values if v not in DEEP_LINEAR_NORMS]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(
-            f"unknown norm(s) {bad or text!r}; the linear network takes "
-            + ", ".join(DEEP_LINEAR_NORMS)
-        )
-    return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default = SweepConfig()
     p = argparse.ArgumentParser(
@@ -105,24 +50,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--norms",
-        type=_norms,
+        type=comma_list(one_of(DEEP_LINEAR_NORMS, "norm")),
         default=default.norms,
         help="comma-separated normalizations (none, wn, bn)",
     )
     p.add_argument(
         "--lrs",
-        type=_floats,
+        type=comma_list(positive_float),
         default=default.lrs,
         help="comma-separated learning rates (default: 9 log-spaced from 1e-4 to 1)",
     )
-    p.add_argument("--seeds", type=_ints, default=default.seeds, help="comma-separated seeds")
     p.add_argument(
-        "--iters", type=_positive_int, default=default.iters, help="iteration limit per run"
+        "--seeds",
+        type=comma_list(nonnegative_int),
+        default=default.seeds,
+        help="comma-separated seeds",
     )
-    p.add_argument("--depth", type=_positive_int, default=default.depth, help="linear layers")
-    p.add_argument("--width", type=_positive_int, default=default.width, help="hidden width")
     p.add_argument(
-        "--batch-size", type=_positive_int, default=default.batch_size, help="mini-batch size"
+        "--iters", type=positive_int, default=default.iters, help="iteration limit per run"
+    )
+    p.add_argument("--depth", type=positive_int, default=default.depth, help="linear layers")
+    p.add_argument("--width", type=positive_int, default=default.width, help="hidden width")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=default.batch_size, help="mini-batch size"
     )
     p.add_argument(
         "--dataset",
@@ -138,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--train-subset",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="use only the first N training samples",
     )
@@ -151,13 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument(
         "--threshold",
-        type=_positive_float,
+        type=positive_float,
         default=default.threshold,
         help="divergence when a layer's output rms exceeds this",
     )
     p.add_argument(
         "--warning-factor",
-        type=_positive_float,
+        type=positive_float,
         default=default.warning_factor,
         help="early warning when the fitted per-layer growth factor reaches this",
     )

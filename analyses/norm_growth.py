@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stability.cli import positive_float
 from stability.growth_report import (
     ReportConfig,
     build_report,
@@ -41,18 +42,8 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def _threshold(text: str) -> float | None:
-    return None if text.lower() in ("none", "inf") else _positive_float(text)
+    return None if text.lower() in ("none", "inf") else positive_float(text)
 
 
 def _steps(text: str) -> tuple[int | None, int | None]:
@@ -89,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--call-idx", type=int, default=default.call_idx, help="call of each module (0)")
     add(
         "--factor-threshold",
-        type=_positive_float,
+        type=positive_float,
         default=default.factor_threshold,
         help="early warning when the fitted per-layer depth factor reaches this (%(default)s)",
     )

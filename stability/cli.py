@@ -1,0 +1,67 @@
+"""argparse value types shared by the command-line scripts.
+
+Each raises :class:`argparse.ArgumentTypeError`, so argparse prints a one-line error
+naming the flag and exits with status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+
+
+def _number(text: str, cast: Callable[[str], float], minimum: float, strict: bool, what: str):
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    too_small = value <= minimum if strict else value < minimum
+    if too_small or (isinstance(value, float) and not math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _number(text, int, 0, True, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _number(text, int, 0, False, "a non-negative integer")
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    return _number(text, float, 0.0, True, "a positive number")
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return _number(text, float, 0.0, False, "a non-negative number")
+
+
+def comma_list(item: Callable[[str], object]) -> Callable[[str], tuple]:
+    """A comma-separated, non-empty list whose items are parsed by ``item``."""
+
+    def parse(text: str) -> tuple:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return tuple(item(part) for part in parts)
+
+    return parse
+
+
+def one_of(choices: Sequence[str], what: str) -> Callable[[str], str]:
+    """A string among ``choices`` (the error lists them)."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {text!r}; choose from {', '.join(choices)}"
+            )
+        return text
+
+    return parse
