@@ -76,6 +76,16 @@ THRESHOLD_METRICS: frozenset[str] = frozenset(
     {"output_norm", "output_rms", "grad_norm", "weight_norm"}
 )
 
+#: Metrics :func:`divergence_onset` ignores: row coherence is NaN for a weight with a
+#: zero row (e.g. ``nn.Embedding(padding_idx=0)``, a zero-initialised classifier head), a
+#: healthy state, and a diverging weight already shows in ``weight_norm``.
+NOT_DIVERGENCE_METRICS: frozenset[str] = frozenset({"coherence", "coherence_mean"})
+
+#: Metrics of the forward pass. Within the onset step they are ranked before the others:
+#: a NaN produced by layer L reaches every earlier layer's ``grad_norm`` in the same step's
+#: backward pass, so only the forward metrics point at the layer where it started.
+FORWARD_METRICS: frozenset[str] = frozenset({"output_norm", "output_rms", "gain"})
+
 _FIT_COLUMNS = (
     "slope",
     "intercept",
@@ -666,11 +676,16 @@ def divergence_onset(
     ``coherence``/``coherence_mean`` (in [0, 1]), ``gain`` and any other metric are
     checked for non-finite values only (see :data:`THRESHOLD_METRICS` for why).
 
-    The onset is the offending row with the smallest ``step``; ties are broken by the
-    smallest ``layer_idx`` (the earliest layer in depth order), then the smallest
-    ``call_idx``, then non-finite before threshold, then metric name. Note that weight
-    metrics exist only every ``weight_every`` steps, so they can only report an onset
-    at those steps.
+    By default ``coherence``/``coherence_mean`` are not considered (see
+    :data:`NOT_DIVERGENCE_METRICS`); naming them in ``metric`` checks them.
+
+    The onset is the offending row with the smallest ``step``; within that step forward
+    metrics (:data:`FORWARD_METRICS`) come before gradient and weight metrics, because a
+    forward NaN in layer L makes the gradients of all earlier layers NaN in the same
+    step. Further ties are broken by the smallest ``layer_idx`` (the earliest layer in
+    depth order), then the smallest ``call_idx``, then non-finite before threshold, then
+    metric name. Weight metrics exist only every ``weight_every`` steps, so they can only
+    report an onset at those steps.
 
     Args:
         frame: The record table.
@@ -685,8 +700,9 @@ def divergence_onset(
         ValueError: On a malformed or empty table or an absent metric.
     """
     _check_frame(frame)
-    sub = frame
-    if metric is not None:
+    if metric is None:
+        sub = frame[~frame["metric"].isin(list(NOT_DIVERGENCE_METRICS)).to_numpy()]
+    else:
         wanted = [metric] if isinstance(metric, str) else list(metric)
         _check_metrics(frame, wanted)
         sub = frame[frame["metric"].isin(wanted).to_numpy()]
@@ -701,12 +717,14 @@ def divergence_onset(
         return None
     hits = sub[offend]
     reason_rank = (~nonfinite[offend]).astype(np.int64)  # 0 = non-finite first
+    backward_rank = (~hits["metric"].isin(list(FORWARD_METRICS))).to_numpy().astype(np.int64)
     order = np.lexsort(
         (
             hits["metric"].astype(str).to_numpy(),
             reason_rank,
             hits["call_idx"].to_numpy(dtype=np.int64),
             hits["layer_idx"].to_numpy(dtype=np.int64),
+            backward_rank,
             hits["step"].to_numpy(dtype=np.int64),
         )
     )

@@ -302,16 +302,19 @@ def test_divergence_onset_threshold_and_none():
 
 
 def test_divergence_onset_metric_scope():
-    # Large gain and coherence values are not divergence; a non-finite one is.
+    # Large gain and coherence values are not divergence; a non-finite gain is. A NaN
+    # coherence (a zero weight row) counts only when coherence is asked for by name.
     gain = make_frame(np.full((5, 4), 1e8), metric="gain")
     coh = make_frame(np.full((5, 4), 0.9), metric="coherence")
     rms = make_frame(geometric_values(5, 4, 1.0, seed=12))
     frame = pd.concat([gain, coh, rms], ignore_index=True)
     assert fitting.divergence_onset(frame) is None
     frame.loc[(frame["metric"] == "coherence") & (frame["step"] == 3), "value"] = np.nan
-    assert fitting.divergence_onset(frame).metric == "coherence"
+    assert fitting.divergence_onset(frame) is None
     assert fitting.divergence_onset(frame, metric="output_rms") is None
     assert fitting.divergence_onset(frame, metric=["gain", "coherence"]).step == 3
+    frame.loc[(frame["metric"] == "gain") & (frame["step"] == 4), "value"] = np.inf
+    assert fitting.divergence_onset(frame).metric == "gain"
     with pytest.raises(ValueError, match="metrics present"):
         fitting.divergence_onset(frame, metric="weight_norm")
 
