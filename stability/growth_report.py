@@ -50,7 +50,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from stability import fitting
 from stability.plotting import new_figure, save_figure
@@ -208,7 +207,10 @@ def _typed_value(column: str, text: str, arrow_type: pa.DataType) -> Any:
 
 
 def find_records(path: str | os.PathLike) -> Path:
-    """The ``records.parquet`` of a run directory, or ``path`` itself if it is a file.
+    """The ``records.parquet`` of a run directory, or ``path`` itself.
+
+    ``records.parquet`` is a file (``Recorder.save``) or a directory of parquet parts
+    (``analyses/train.py`` streams one part per epoch); both are read as one table.
 
     Raises:
         FileNotFoundError: When ``path`` does not exist, or is a directory without
@@ -216,9 +218,11 @@ def find_records(path: str | os.PathLike) -> Path:
         ValueError: When ``path`` is a file that is not a ``.parquet`` file.
     """
     path = Path(path)
+    if path.is_dir() and path.suffix == ".parquet":
+        return path
     if path.is_dir():
         records = path / RECORDS_NAME
-        if records.is_file():
+        if records.exists():
             return records
         others = sorted(p.name for p in path.glob("*.parquet"))
         hint = f"; parquet files there: {', '.join(others[:5])}" if others else ""
@@ -333,7 +337,7 @@ def _run_keys(schema: pa.Schema) -> list[str]:
 
 def _read_schema(path: Path) -> pa.Schema:
     try:
-        schema = pq.read_schema(path)
+        schema = ds.dataset(path, format="parquet").schema
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValueError(f"{path} is not a readable parquet file: {exc}") from None
     missing = [c for c in fitting.COLUMNS if c not in schema.names]

@@ -1,0 +1,479 @@
+"""The run directory of one training run: config, history, records, checkpoints.
+
+Layout of ``runs/<name>/`` (written by :func:`stability.training.train`)::
+
+    config.json            the full TrainConfig (flat) plus a "meta" entry (world size,
+                           steps per epoch, torch version, command line, data set info)
+    history.csv            one row per finished epoch (HISTORY_COLUMNS), appended row by
+                           row with flush + fsync
+    records.parquet/       the Recorder's table as a parquet *directory dataset*:
+        part-00000.parquet     one part per epoch (plus one per interruption), each
+        part-00001.parquet     written to a hidden temp file and renamed into place;
+        ...                    with DDP: part-00000-rank0.parquet, part-00000-rank1..., and
+                               a ``rank`` column
+    checkpoint.pt          the latest checkpoint (atomic: temp file + fsync + os.replace)
+    checkpoint.prev.pt     the one before it, the fallback when the latest is unreadable
+    status.json            {"state": running|stopped|finished|diverged, "epoch", "step", ...}
+    divergence.json        only when the loss went non-finite (see training.py)
+    stale/<timestamp>/     history or record parts set aside on resume (never deleted)
+
+``pd.read_parquet(run / "records.parquet")`` reads every part as one table (pyarrow
+ignores the hidden ``.tmp`` files and the ``stale`` folder is outside the dataset).
+Because a part only appears by ``os.replace`` of a complete file, a run killed at any
+moment (even SIGKILL) leaves a readable prefix of its records.
+
+Consistency on resume. The checkpoint is the source of truth: it holds every history
+row written so far and the number of record parts written. At the end of an epoch the
+order is *part -> checkpoint -> history row*. A crash between the part and the
+checkpoint leaves a part the checkpoint does not know: on resume it is moved to
+``stale/`` (the epoch is re-run and writes it again). A crash between the checkpoint
+and the history row leaves history.csv one row short: on resume the row is appended
+from the checkpoint. A history with *more* rows than the checkpoint (possible only after
+falling back to ``checkpoint.prev.pt``) is copied to ``stale/`` and rewritten with the
+checkpoint's rows. Nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "DIVERGENCE",
+    "HISTORY",
+    "HISTORY_COLUMNS",
+    "PREVIOUS_CHECKPOINT",
+    "RECORDS",
+    "STATUS",
+    "RunDir",
+    "RunExistsError",
+    "check_run_dir",
+    "open_run",
+    "read_json",
+    "write_json_atomic",
+]
+
+CONFIG = "config.json"
+HISTORY = "history.csv"
+RECORDS = "records.parquet"
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+STATUS = "status.json"
+DIVERGENCE = "divergence.json"
+STALE = "stale"
+
+#: Columns of history.csv. Losses are mean cross-entropy, top-k accuracies in percent,
+#: ``lr`` the learning rate of the epoch's last step, ``step`` the optimizer steps done at
+#: the end of the epoch, ``seconds`` the cumulative wall-clock time of training and
+#: evaluation since the run began (summed over resumes), ``amp_scale`` the fp16 loss
+#: scale at the end of the epoch (1 without a GradScaler).
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "train_top5",
+    "test_loss",
+    "test_top1",
+    "test_top5",
+    "seconds",
+    "amp_scale",
+)
+
+_PART = re.compile(r"^part-(\d{5,})(?:-rank(\d+))?\.parquet$")
+
+
+class RunExistsError(FileExistsError):
+    """The run directory already holds a run and neither resume nor force was asked."""
+
+
+# --------------------------------------------------------------------------- small io
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    """A hidden sibling temp path (ignored by pyarrow's dataset discovery)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _replace_atomically(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf": JSON has no literal for them
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Mapping[str, Any]) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` via a temp file and ``os.replace``.
+
+    Non-finite floats are written as the strings ``"nan"``/``"inf"``/``"-inf"``.
+    """
+    path = Path(path)
+    tmp = _tmp_name(path)
+    with open(tmp, "w") as f:
+        json.dump(_jsonable(obj), f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    _replace_atomically(tmp, path)
+    return path
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+
+
+# --------------------------------------------------------------------------- the run dir
+
+
+class RunDir:
+    """Files of one run directory; see the module docstring for the layout.
+
+    Args:
+        path: the run directory (created by :func:`open_run`).
+        rank: this process's rank; only rank 0 writes shared files (config, history,
+            checkpoint, status), every rank writes its own record parts.
+        world_size: number of processes; above 1 parts are named ``...-rank{r}.parquet``.
+    """
+
+    def __init__(self, path: str | os.PathLike, rank: int = 0, world_size: int = 1) -> None:
+        self.path = Path(path)
+        self.rank = rank
+        self.world_size = world_size
+
+    # ---------------------------------------------------------------- paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY
+
+    @property
+    def records_path(self) -> Path:
+        return self.path / RECORDS
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def previous_checkpoint_path(self) -> Path:
+        return self.path / PREVIOUS_CHECKPOINT
+
+    def part_path(self, index: int, rank: int | None = None) -> Path:
+        """``records.parquet/part-{index:05d}[-rank{r}].parquet``."""
+        rank = self.rank if rank is None else rank
+        suffix = f"-rank{rank}" if self.world_size > 1 else ""
+        return self.records_path / f"part-{index:05d}{suffix}.parquet"
+
+    # ---------------------------------------------------------------- config / status
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        """Write config.json atomically."""
+        return write_json_atomic(self.config_path, config)
+
+    def read_config(self) -> dict[str, Any]:
+        """The stored config.json."""
+        return read_json(self.config_path)
+
+    def write_status(self, state: str, **fields: Any) -> Path:
+        """status.json: ``{"state": state, "time": ..., **fields}``."""
+        return write_json_atomic(
+            self.path / STATUS, {"state": state, "time": datetime.now().isoformat(), **fields}
+        )
+
+    def read_status(self) -> dict[str, Any] | None:
+        """status.json, or None if absent."""
+        path = self.path / STATUS
+        return read_json(path) if path.is_file() else None
+
+    # ---------------------------------------------------------------- history
+    def append_history(self, row: Mapping[str, Any]) -> None:
+        """Append one row to history.csv (header first if the file is new); flush + fsync."""
+        new = not self.history_path.exists() or self.history_path.stat().st_size == 0
+        with open(self.history_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _csv_value(row.get(k)) for k in HISTORY_COLUMNS})
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_history(self) -> pd.DataFrame:
+        """history.csv as a DataFrame (empty, with the columns, if absent)."""
+        if not self.history_path.exists() or self.history_path.stat().st_size == 0:
+            return pd.DataFrame(columns=list(HISTORY_COLUMNS))
+        return pd.read_csv(self.history_path)
+
+    def _history_row_count(self) -> int:
+        if not self.history_path.exists():
+            return 0
+        with open(self.history_path, newline="") as f:
+            return max(0, sum(1 for _ in csv.reader(f)) - 1)
+
+    def _write_history(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        tmp = _tmp_name(self.history_path)
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _csv_value(row.get(k)) for k in HISTORY_COLUMNS})
+            f.flush()
+            os.fsync(f.fileno())
+        _replace_atomically(tmp, self.history_path)
+
+    # ---------------------------------------------------------------- records
+    def write_part(self, frame: pd.DataFrame, index: int) -> Path | None:
+        """Write ``frame`` as part ``index`` of records.parquet (this rank), atomically.
+
+        With ``world_size > 1`` a ``rank`` column is inserted after ``step``. An empty
+        frame writes nothing and returns None.
+        """
+        if len(frame) == 0:
+            return None
+        if self.world_size > 1 and "rank" not in frame.columns:
+            frame = frame.copy()
+            frame.insert(1, "rank", self.rank)
+        path = self.part_path(index)
+        if path.exists():
+            raise FileExistsError(f"{path} exists; record parts are never overwritten")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_name(path)
+        frame.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        _replace_atomically(tmp, path)
+        return path
+
+    def parts(self, rank: int | None = None) -> list[tuple[int, Path]]:
+        """``(index, path)`` of this rank's parts (every rank's with ``rank=-1``), sorted."""
+        if not self.records_path.is_dir():
+            return []
+        found = []
+        for path in self.records_path.iterdir():
+            match = _PART.match(path.name)
+            if not match:
+                continue
+            part_rank = int(match.group(2)) if match.group(2) is not None else 0
+            if rank == -1 or part_rank == (self.rank if rank is None else rank):
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def read_records(self, **kwargs: Any) -> pd.DataFrame:
+        """Every record part as one DataFrame (``pd.read_parquet`` on the directory)."""
+        return pd.read_parquet(self.records_path, **kwargs)
+
+    # ---------------------------------------------------------------- stale files
+    def _stale_dir(self) -> Path:
+        path = self.path / STALE / _stamp()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def set_aside(self, paths: Iterable[Path], why: str) -> list[Path]:
+        """Move ``paths`` into ``stale/<timestamp>/`` (never deleting them); warn once."""
+        paths = [p for p in paths if p.exists()]
+        if not paths:
+            return []
+        target = self._stale_dir()
+        moved = []
+        for p in paths:
+            dest = target / p.name
+            shutil.move(str(p), dest)
+            moved.append(dest)
+        warnings.warn(f"{why}: moved {', '.join(p.name for p in paths)} to {target}", stacklevel=2)
+        return moved
+
+    def reconcile(self, history: Sequence[Mapping[str, Any]], parts_written: int) -> None:
+        """Make history.csv and records.parquet agree with a checkpoint (see module docs).
+
+        Args:
+            history: the history rows the checkpoint holds.
+            parts_written: how many parts (per rank) the checkpoint knows of.
+        """
+        stale = [p for i, p in self.parts(rank=-1) if i >= parts_written]
+        if self.rank == 0:
+            self.set_aside(stale, f"record parts written after the checkpoint ({self.path})")
+            n_file = self._history_row_count()
+            if n_file > len(history):
+                self.set_aside(
+                    [self.history_path],
+                    f"history.csv has {n_file} rows, the checkpoint {len(history)}",
+                )
+                self._write_history(history)
+            elif n_file < len(history):
+                if n_file == 0:
+                    self._write_history(history)
+                else:
+                    for row in history[n_file:]:
+                        self.append_history(row)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, state: Mapping[str, Any]) -> Path:
+        """Save ``state`` with ``torch.save`` atomically, keeping the previous one.
+
+        Order: write ``.checkpoint.pt.tmp-<pid>``, fsync, move ``checkpoint.pt`` to
+        ``checkpoint.prev.pt``, rename the temp file to ``checkpoint.pt``. At every moment
+        at least one complete checkpoint exists.
+        """
+        import torch
+
+        tmp = _tmp_name(self.checkpoint_path)
+        with open(tmp, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        if self.checkpoint_path.exists():
+            os.replace(self.checkpoint_path, self.previous_checkpoint_path)
+        _replace_atomically(tmp, self.checkpoint_path)
+        return self.checkpoint_path
+
+    def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any] | None:
+        """The latest readable checkpoint, or None if there is none.
+
+        A missing, truncated or corrupt ``checkpoint.pt`` falls back to
+        ``checkpoint.prev.pt`` with a warning. Loaded with ``weights_only=True`` (the
+        state holds tensors, numbers, strings and containers only).
+
+        Raises:
+            RuntimeError: both checkpoints exist but neither can be read.
+        """
+        import torch
+
+        errors = []
+        for path in (self.checkpoint_path, self.previous_checkpoint_path):
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=True)
+            except Exception as exc:  # truncated zip, bad pickle, ... come in many types
+                errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
+                continue
+            if errors or path != self.checkpoint_path:
+                why = "; ".join(errors) or f"{CHECKPOINT} is missing"
+                warnings.warn(f"{why}; resuming from {path}", stacklevel=2)
+            return state
+        if errors:
+            raise RuntimeError(
+                "no readable checkpoint in " + str(self.path) + ": " + "; ".join(errors)
+            )
+        return None
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    return value
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _moved_aside_name(path: Path) -> Path:
+    return path.with_name(f"{path.name}.old-{_stamp()}")
+
+
+def check_run_dir(path: str | os.PathLike, *, resume: bool = False, force: bool = False) -> None:
+    """Raise if a run cannot start (or resume) in ``path``; touches nothing.
+
+    Raises:
+        RunExistsError: the path exists and is not empty, without resume or force.
+        FileNotFoundError: ``resume`` of a path holding no run (no config.json).
+        ValueError: both ``resume`` and ``force``.
+    """
+    if resume and force:
+        raise ValueError("--resume continues a run and --force starts a new one; choose one")
+    path = Path(path)
+    if resume:
+        if not (path / CONFIG).is_file():
+            raise FileNotFoundError(f"--resume: {path} holds no run (no {CONFIG})")
+    elif path.exists() and not _is_empty_dir(path) and not force:
+        raise RunExistsError(
+            f"{path} already holds a run; pass --resume to continue it or --force to "
+            "start a new one (the old one is then renamed, not deleted)"
+        )
+
+
+def open_run(
+    path: str | os.PathLike,
+    config: Mapping[str, Any] | None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> RunDir:
+    """Create (or reopen, with ``resume``) a run directory.
+
+    * new path, or an existing empty directory: created, ``config`` written (rank 0);
+    * existing run, ``resume``: reopened as is (the caller compares configs);
+    * existing run, ``force``: the old directory is *renamed* to
+      ``<path>.old-<timestamp>`` (never deleted) and a new one created;
+    * existing run otherwise: :class:`RunExistsError` (:func:`check_run_dir` makes the
+      same checks without touching anything, e.g. before slow set-up work).
+
+    Only rank 0 touches the file system here; other ranks just wrap the path (call after
+    a barrier).
+    """
+    path = Path(path)
+    run = RunDir(path, rank, world_size)
+    if rank != 0:
+        return run
+    check_run_dir(path, resume=resume, force=force)
+    if resume:
+        return run
+    if path.exists() and not _is_empty_dir(path):
+        aside = _moved_aside_name(path)
+        os.replace(path, aside)
+        warnings.warn(f"--force: moved the existing run {path} to {aside}", stacklevel=2)
+    path.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        run.write_config(config)
+    return run
