@@ -1,13 +1,21 @@
 """The Recorder: forward and tensor hooks -> device buffers -> a tidy DataFrame.
 
-Data flow. A forward hook on every selected module computes the forward metrics of the
-output it just produced (0-d tensors on the model's device) and, when gradients are being
-recorded, registers a tensor hook on that output for ``grad_norm``. Values are appended to
-a pending list together with their key ``(step, layer, call, metric)``; ``step()`` stacks
-the pending values into one device tensor; every ``flush_every`` steps (and on
-``to_frame``/``save``/``close``) the stacked tensors are concatenated and copied to the host
-once. Nothing in a hook or in ``step()`` reads a tensor value on the host, so recording
-never forces a host-device synchronisation.
+Data flow. A forward hook on every selected module computes the norms of the output it
+just produced and of its input (0-d tensors on the model's device) and, when gradients are
+being recorded, registers a tensor hook on that output for ``grad_norm``. Values are
+appended to a pending list together with their key ``(step, layer, call, code, aux)``;
+``step()`` stacks the pending values into one device tensor; every ``flush_every`` steps
+(and on ``to_frame``/``save``/``close``) the stacked tensors are concatenated and copied to
+the host once. Nothing in a hook or in ``step()`` reads a tensor value on the host, so
+recording never forces a host-device synchronisation.
+
+Cost. The device only computes norms (one reduction per output, input and gradient, and
+the weight metrics on weight steps); everything derived from norms is computed on the host
+at flush time, vectorised over all rows: ``output_rms = ||o|| / sqrt(n)`` and
+``gain = ||o|| / ||x||`` (the same float32/float64 divisions the device would do). A layer
+whose input is the output the previous recorded layer just produced (a chain of layers,
+e.g. the deep linear network), unchanged since (same tensor object, same version
+counter), reuses that output's norm instead of computing it again.
 
 Timing contract: call ``step()`` once per optimizer step, after ``backward()``. Values are
 keyed by the step during whose forward they were produced, so a gradient hook that fires
@@ -42,6 +50,11 @@ WEIGHT_METRICS = ("weight_norm", "coherence", "coherence_mean")
 METRICS = FORWARD_METRICS + GRAD_METRICS + WEIGHT_METRICS
 COLUMNS = ("step", "layer", "layer_idx", "call_idx", "metric", "value")
 ROOT_NAME = "(model)"  # the layer name of a model that is itself a single layer
+
+# Codes of the raw norms kept between a hook and flush(); they never reach the table.
+_RAW_OUTPUT_NORM = len(METRICS)  # ||o||, aux = elements per run -> output_norm, output_rms
+_RAW_INPUT_NORM = len(METRICS) + 1  # ||x||, right after its ||o|| row -> gain
+_CODE = {m: i for i, m in enumerate(METRICS)}
 
 Selector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
@@ -133,6 +146,15 @@ def _group_by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _record_grad_norm(
+    recorder: weakref.ref, step: int, code: int, call: int, grad: torch.Tensor
+) -> None:
+    """Tensor hook on a recorded output: ``grad_norm`` of the gradient flowing back into it."""
+    alive = recorder()
+    if alive is not None and alive._attached:
+        alive._put(M.output_norm(grad, alive.run_dim), step, code, call, _CODE["grad_norm"])
+
+
 class Recorder:
     """Record per-layer output norms, gains, gradient norms and weight coherence.
 
@@ -197,14 +219,13 @@ class Recorder:
                 stacklevel=2,
             )
         self.layer_names = [name for name, _ in self.layers]
-        self._layer_code = {name: i for i, name in enumerate(self.layer_names)}
-        self._metric_code = {m: i for i, m in enumerate(METRICS)}
         self._layer_idx: dict[str, int] = {}
 
         self.step_count = 0
-        self._calls = dict.fromkeys(self.layer_names, 0)
+        self._calls = [0] * len(self.layers)  # calls so far this step, by layer code
+        self._last_output: tuple | None = None  # (weakref, version, norm) of the last output
         self._pending: list[torch.Tensor] = []
-        self._pending_keys: list[tuple[int, int, int, int]] = []
+        self._pending_keys: list[tuple[int, int, int, int, int]] = []
         self._stacked: list[torch.Tensor] = []
         self._stacked_keys: list[np.ndarray] = []
         self._host_values: list[np.ndarray] = []
@@ -227,9 +248,10 @@ class Recorder:
                 "close it before attaching another"
             )
         hook = torch._dynamo.disable(self._forward_hook)
-        for name, module in self.layers:
-            handle = module.register_forward_hook(partial(hook, name))
-            self._handles.append(handle)
+        # the autograd graph must not keep the recorder alive: grad hooks hold a weak reference
+        self._grad_hook = partial(torch._dynamo.disable(_record_grad_norm), weakref.ref(self))
+        for code, (_, module) in enumerate(self.layers):
+            self._handles.append(module.register_forward_hook(partial(hook, code)))
         _ACTIVE[self._model] = f"Recorder at {id(self):#x}"
         self._attached = True
 
@@ -268,52 +290,80 @@ class Recorder:
         self._recording = self.step_count % self.every == 0
         self._weights_due = self.step_count % self.weight_every == 0 and bool(self._weight)
 
-    def _put(self, value: torch.Tensor, step: int, layer: int, call: int, metric: str) -> None:
+    def _put(
+        self, value: torch.Tensor, step: int, layer: int, call: int, code: int, aux: int = 0
+    ) -> None:
         self._pending.append(value)
-        self._pending_keys.append((step, layer, call, self._metric_code[metric]))
+        self._pending_keys.append((step, layer, call, code, aux))
 
-    def _forward_hook(self, name: str, module: nn.Module, args, output) -> None:
+    def _forward_hook(self, code: int, module: nn.Module, args, output) -> None:
         if self._paused or not (self._recording or self._weights_due):
             return
-        call = self._calls[name]
-        self._calls[name] = call + 1
-        self._layer_idx.setdefault(name, len(self._layer_idx))
-        step, code = self.step_count, self._layer_code[name]
-        out = _first_tensor(output)
-        if self._recording and out is not None:
-            run_dim = self.run_dim
-            norm = M.output_norm(out, run_dim)
-            for metric in self._forward:
-                if metric == "output_norm":
-                    self._put(norm, step, code, call, metric)
-                elif metric == "output_rms":
-                    self._put(M.rms_from_norm(norm, out, run_dim), step, code, call, metric)
-                else:
-                    x = _first_tensor(args)
-                    if x is not None:
-                        self._put(norm / M.output_norm(x, run_dim), step, code, call, metric)
-            if self._grad and out.requires_grad:
-                out.register_hook(self._grad_hook(step, code, call))
+        call = self._calls[code]
+        self._calls[code] = call + 1
+        self._layer_idx.setdefault(self.layer_names[code], len(self._layer_idx))
+        if self._recording:
+            out = _first_tensor(output)
+            if out is not None:
+                self._record_output(out, args, code, call)
         if self._weights_due and call == 0 and owns_matrix_weight(module, self.run_dim):
-            with torch.no_grad():
-                weight = module.weight
-                values = {"weight_norm": M.weight_norm(weight, self.run_dim)}
-                if "coherence" in self._weight or "coherence_mean" in self._weight:
-                    groups = getattr(module, "groups", 1)
-                    coherence = M.row_coherence(weight, run_dim=self.run_dim, groups=groups)
-                    values["coherence"], values["coherence_mean"] = coherence
-            for metric in self._weight:
-                self._put(values[metric], step, code, call, metric)
+            self._record_weights(module, code)
 
-    def _grad_hook(self, step: int, code: int, call: int):
-        recorder = weakref.ref(self)  # the autograd graph must not keep the recorder alive
+    def _record_output(self, out: torch.Tensor, args, code: int, call: int) -> None:
+        """``||o||`` (and ``||x||`` for the gain) now; ``grad_norm`` by a hook on ``out``."""
+        step = self.step_count
+        if self._forward:
+            norm = M.output_norm(out, self.run_dim)
+            self._put(norm, step, code, call, _RAW_OUTPUT_NORM, self._elements_per_run(out))
+            if "gain" in self._forward:
+                x = _first_tensor(args)
+                if x is not None:
+                    self._record_input(x, norm, step, code, call)
+            self._remember_output(out, norm)
+        if self._grad and out.requires_grad:
+            out.register_hook(partial(self._grad_hook, step, code, call))
 
-        def hook(grad: torch.Tensor) -> None:
-            alive = recorder()
-            if alive is not None and alive._attached:
-                alive._put(M.output_norm(grad, alive.run_dim), step, code, call, "grad_norm")
+    def _record_input(
+        self, x: torch.Tensor, norm: torch.Tensor, step: int, code: int, call: int
+    ) -> None:
+        """``||x||`` as the row right after ``||o||`` (flush divides them); ``gain`` directly
+        when the two norms cannot be stacked together (different device or dtype)."""
+        x_norm = self._input_norm(x)
+        if x_norm.dtype == norm.dtype and x_norm.device == norm.device:
+            self._put(x_norm, step, code, call, _RAW_INPUT_NORM)
+        else:
+            self._put(norm / x_norm, step, code, call, _CODE["gain"])
 
-        return torch._dynamo.disable(hook)
+    def _input_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """``||x||``, reusing the norm of the last recorded output when ``x`` is that very
+        tensor and no in-place operation has changed it since (same version counter)."""
+        last = self._last_output
+        if last is not None and last[0]() is x and last[1] == x._version:
+            return last[2]
+        return M.output_norm(x, self.run_dim)
+
+    def _remember_output(self, out: torch.Tensor, norm: torch.Tensor) -> None:
+        # a weak reference: remembering must not keep the activation alive; inference
+        # tensors have no version counter, so they are never reused
+        self._last_output = None if out.is_inference() else (weakref.ref(out), out._version, norm)
+
+    def _elements_per_run(self, out: torch.Tensor) -> int:
+        """Elements of ``out`` per run (all of them without ``run_dim``), for ``output_rms``."""
+        if self.run_dim is None:
+            return out.numel()
+        runs = out.shape[self.run_dim]
+        return out.numel() // runs if runs else 0
+
+    def _record_weights(self, module: nn.Module, code: int) -> None:
+        with torch.no_grad():
+            weight = module.weight
+            values = {"weight_norm": M.weight_norm(weight, self.run_dim)}
+            if "coherence" in self._weight or "coherence_mean" in self._weight:
+                groups = getattr(module, "groups", 1)
+                coherence = M.row_coherence(weight, run_dim=self.run_dim, groups=groups)
+                values["coherence"], values["coherence_mean"] = coherence
+        for metric in self._weight:
+            self._put(values[metric], self.step_count, code, 0, _CODE[metric])
 
     # ------------------------------------------------------------------ buffers
     def _commit_step(self) -> None:
@@ -331,8 +381,8 @@ class Recorder:
         """Mark the end of one optimizer step (call after ``backward()``)."""
         self._commit_step()
         self.step_count += 1
-        for name in self._calls:
-            self._calls[name] = 0
+        self._calls = [0] * len(self.layers)
+        self._last_output = None
         if self.step_count % self.flush_every == 0:
             self.flush()
         self._set_phase()
@@ -343,10 +393,45 @@ class Recorder:
             return
         for positions in _group_by_device_and_dtype(self._stacked):
             values = torch.cat([self._stacked[i] for i in positions]).cpu().numpy()
+            keys = np.concatenate([self._stacked_keys[i] for i in positions])
+            values, keys = self._table_rows(values, keys)
             self._host_values.append(values)
-            self._host_keys.append(np.concatenate([self._stacked_keys[i] for i in positions]))
+            self._host_keys.append(keys)
         self._stacked.clear()
         self._stacked_keys.clear()
+
+    def _table_rows(self, values: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Host side of a flush: raw norms -> table rows, keys ``(step, layer, call, metric)``.
+
+        ``output_norm`` is the raw ``||o||``; ``output_rms = ||o|| / sqrt(n)`` (NaN for
+        ``n = 0``, as :func:`stability.metrics.rms_from_norm`); ``gain = ||o|| / ||x||`` from
+        each ``||x||`` row and the ``||o||`` row just before it. The divisions run in the
+        values' dtype, exactly as they would on the device.
+        """
+        code = keys[:, 3]
+        direct = code < len(METRICS)
+        outputs = np.flatnonzero(code == _RAW_OUTPUT_NORM)
+        inputs = np.flatnonzero(code == _RAW_INPUT_NORM)
+        parts = [(values[direct], keys[direct, :4])]
+
+        def rows(value: np.ndarray, at: np.ndarray, metric: str) -> None:
+            metric_keys = keys[at, :4].copy()
+            metric_keys[:, 3] = _CODE[metric]
+            parts.append((value, metric_keys))
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if "output_norm" in self._forward:
+                rows(values[outputs], outputs, "output_norm")
+            if "output_rms" in self._forward:
+                root_n = np.sqrt(keys[outputs, 4].astype(np.float64)).astype(values.dtype)
+                rows(
+                    values[outputs] / root_n.reshape(-1, *[1] * (values.ndim - 1)),
+                    outputs,
+                    "output_rms",
+                )
+            if "gain" in self._forward:
+                rows(values[inputs - 1] / values[inputs], inputs, "gain")
+        return np.concatenate([v for v, _ in parts]), np.concatenate([k for _, k in parts])
 
     @property
     def pending_device_tensors(self) -> int:
