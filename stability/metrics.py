@@ -79,9 +79,9 @@ def weight_rows(weight: torch.Tensor, run_dim: int | None = None) -> torch.Tenso
         shape = tuple(weight.shape)
         raise ValueError(f"weight rows need a weight with ndim >= {least}, got shape {shape}")
     if run_dim is None:
-        return weight.detach().reshape(weight.shape[0], -1)
+        return weight.detach().reshape(weight.shape[0], math.prod(weight.shape[1:]))
     w = weight.detach().movedim(run_dim, 0)
-    return w.reshape(w.shape[0], w.shape[1], -1)
+    return w.reshape(w.shape[0], w.shape[1], math.prod(w.shape[2:]))
 
 
 def weight_norm(weight: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
@@ -123,9 +123,9 @@ def row_coherence(
     if run_dim is None:
         rows = rows[None]
     runs, n, d = rows.shape
-    if n % groups:
+    if groups < 1 or n % groups:
         raise ValueError(f"{n} weight rows cannot form {groups} groups")
-    if n == 1:
+    if n <= 1:  # no pair of rows (a zero-width layer has no row at all)
         zero = rows.new_zeros(runs)
         coherence = (zero, zero.clone())
     else:

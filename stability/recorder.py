@@ -30,6 +30,7 @@ compiled and run are only seen after dynamo recompiles; attach first.
 from __future__ import annotations
 
 import fnmatch
+import numbers
 import os
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -122,6 +123,8 @@ def select_modules(
 def _apply(selector, named, candidates, keep: bool, check: bool = True):
     if callable(selector):
         return [(name, m) for name, m in named if selector(name, m)]
+    if not isinstance(selector, str | list | tuple | set | frozenset):
+        raise TypeError(f"include/exclude must be glob string(s) or a callable, got {selector!r}")
     patterns = [selector] if isinstance(selector, str) else list(selector)
     if not all(isinstance(p, str) for p in patterns):
         raise TypeError(f"include/exclude must be glob string(s) or a callable, got {selector!r}")
@@ -153,6 +156,69 @@ def _record_grad_norm(
     alive = recorder()
     if alive is not None and alive._attached:
         alive._put(M.output_norm(grad, alive.run_dim), step, code, call, _CODE["grad_norm"])
+
+
+def _check_metrics(metrics) -> tuple[str, ...]:
+    """``metrics`` as a tuple of known metric names (one name may be given as a string)."""
+    if metrics is None:
+        return METRICS
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not isinstance(metrics, Iterable):
+        raise TypeError(f"metrics must be metric name(s) from {list(METRICS)}, got {metrics!r}")
+    metrics = tuple(metrics)
+    unknown = [m for m in metrics if not isinstance(m, str) or m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown!r}; choose from {list(METRICS)}")
+    return metrics
+
+
+def _grad_target(out: torch.Tensor, args) -> torch.Tensor:
+    """The tensor whose gradient equals the gradient with respect to ``out``.
+
+    A Linear on a >2-d input returns a view of its 2-d product; an in-place operation on
+    that view afterwards would detach a hook registered on the view, so the hook goes on
+    the view's base when it holds exactly the same elements (and is not an input).
+    """
+    base = out._base
+    if base is None or base.numel() != out.numel() or not base.requires_grad:
+        return out
+    if any(base is x for x in _tensors(args)):
+        return out
+    return base
+
+
+def _tensors(value):
+    """Every tensor in nested tuples / lists / dicts."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _tensors(item)
+
+
+class _ForwardHook:
+    """The forward hook of one recorded layer.
+
+    A copy of the model (``copy.deepcopy``, e.g. an EMA or ``AveragedModel`` twin) copies
+    its hooks too; the copy gets a hook that does nothing, so it never feeds this recorder.
+    """
+
+    def __init__(self, hook, code: int) -> None:
+        self.hook, self.code = hook, code
+
+    def __call__(self, module, args, kwargs, output):
+        return self.hook(self.code, module, args, kwargs, output)
+
+    def __deepcopy__(self, memo):
+        return _noop_hook
+
+
+def _noop_hook(module, args, kwargs, output) -> None:
+    return None
 
 
 class Recorder:
@@ -192,17 +258,13 @@ class Recorder:
             ("weight_every", weight_every),
             ("flush_every", flush_every),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"Recorder needs an nn.Module, got {type(model).__name__}")
-        if isinstance(metrics, str):
-            metrics = [metrics]
-        self.metrics = tuple(METRICS if metrics is None else metrics)
-        unknown = sorted(set(self.metrics) - set(METRICS))
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
-        self.every, self.weight_every, self.flush_every = every, weight_every, flush_every
+        self.metrics = _check_metrics(metrics)
+        self.every, self.weight_every = int(every), int(weight_every)
+        self.flush_every = int(flush_every)
         self._forward = [m for m in FORWARD_METRICS if m in self.metrics]
         self._weight = [m for m in WEIGHT_METRICS if m in self.metrics]
         self._grad = "grad_norm" in self.metrics
@@ -223,6 +285,8 @@ class Recorder:
 
         self.step_count = 0
         self._calls = [0] * len(self.layers)  # calls so far this step, by layer code
+        self._recompute_calls = [0] * len(self.layers)  # checkpointing re-runs this step
+        self._grad_hooked: set[tuple[int, int]] = set()  # (layer, call) with a grad hook
         self._last_output: tuple | None = None  # (weakref, version, norm) of the last output
         self._pending: list[torch.Tensor] = []
         self._pending_keys: list[tuple[int, int, int, int, int]] = []
@@ -251,7 +315,8 @@ class Recorder:
         # the autograd graph must not keep the recorder alive: grad hooks hold a weak reference
         self._grad_hook = partial(torch._dynamo.disable(_record_grad_norm), weakref.ref(self))
         for code, (_, module) in enumerate(self.layers):
-            self._handles.append(module.register_forward_hook(partial(hook, code)))
+            handle = module.register_forward_hook(_ForwardHook(hook, code), with_kwargs=True)
+            self._handles.append(handle)
         _ACTIVE[self._model] = f"Recorder at {id(self):#x}"
         self._attached = True
 
@@ -296,8 +361,11 @@ class Recorder:
         self._pending.append(value)
         self._pending_keys.append((step, layer, call, code, aux))
 
-    def _forward_hook(self, code: int, module: nn.Module, args, output) -> None:
+    def _forward_hook(self, code: int, module: nn.Module, args, kwargs, output) -> None:
         if self._paused or not (self._recording or self._weights_due):
+            return
+        if torch._C._current_autograd_node() is not None:
+            self._recomputed(code, output)  # a forward re-run inside backward (checkpointing)
             return
         call = self._calls[code]
         self._calls[code] = call + 1
@@ -305,7 +373,7 @@ class Recorder:
         if self._recording:
             out = _first_tensor(output)
             if out is not None:
-                self._record_output(out, args, code, call)
+                self._record_output(out, (args, kwargs), code, call)
         if self._weights_due and call == 0 and owns_matrix_weight(module, self.run_dim):
             self._record_weights(module, code)
 
@@ -321,7 +389,24 @@ class Recorder:
                     self._record_input(x, norm, step, code, call)
             self._remember_output(out, norm)
         if self._grad and out.requires_grad:
-            out.register_hook(partial(self._grad_hook, step, code, call))
+            self._grad_hooked.add((code, call))
+            target = _grad_target(out, args)
+            target.grad_fn  # noqa: B018 - materialise the node first (avoids a torch crash on views)
+            target.register_hook(partial(self._grad_hook, step, code, call))
+
+    def _recomputed(self, code: int, output) -> None:
+        """Activation checkpointing re-runs a layer's forward inside backward: it is not a
+        new call and records nothing, except the ``grad_norm`` hook when the original call
+        ran without autograd (reentrant checkpointing runs the first forward under no_grad)."""
+        call = self._recompute_calls[code]
+        self._recompute_calls[code] = call + 1
+        out = _first_tensor(output)
+        if not (self._recording and self._grad) or out is None or not out.requires_grad:
+            return
+        if (code, call) not in self._grad_hooked:
+            self._grad_hooked.add((code, call))
+            out.grad_fn  # noqa: B018 - materialise the node first (avoids a torch crash on views)
+            out.register_hook(partial(self._grad_hook, self.step_count, code, call))
 
     def _record_input(
         self, x: torch.Tensor, norm: torch.Tensor, step: int, code: int, call: int
@@ -382,6 +467,8 @@ class Recorder:
         self._commit_step()
         self.step_count += 1
         self._calls = [0] * len(self.layers)
+        self._recompute_calls = [0] * len(self.layers)
+        self._grad_hooked.clear()
         self._last_output = None
         if self.step_count % self.flush_every == 0:
             self.flush()
@@ -491,11 +578,14 @@ class Recorder:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         frame = self.to_frame()
-        if path.suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        try:
+            if path.suffix == ".parquet":
+                frame.to_parquet(tmp, index=False)
+            else:
+                frame.to_csv(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def __repr__(self) -> str:
