@@ -139,8 +139,9 @@ def draw(records: pd.DataFrame, summary: pd.DataFrame, out: str | os.PathLike) -
         ax_c.plot(
             frame["step"], frame["median_over_layers"], style, color=norm_color(norm), label=label
         )
+    ax_c.set_xscale("symlog", linthresh=10)
     ax_c.set(
-        xlabel="iteration",
+        xlabel="iteration (linear to 10, then log)",
         ylabel="row coherence (median over layers)",
         ylim=(0, 1.02),
         title=f"(c) weight-row coherence, lr={lr:g}",
@@ -156,9 +157,10 @@ def draw(records: pd.DataFrame, summary: pd.DataFrame, out: str | os.PathLike) -
         if onset >= 0 and not at.empty:
             ax_d.plot(at["step"], at["factor"], "x", color=norm_color(norm), ms=8, mew=2)
     ax_d.axhline(1.0, color="k", lw=0.8)
+    ax_d.set_xscale("symlog", linthresh=10)
     ax_d.set(
         yscale="log",
-        xlabel="iteration",
+        xlabel="iteration (linear to 10, then log)",
         ylabel="fitted growth factor per layer",
         title=f"(d) depth growth, lr={lr:g} (x: last step before divergence)",
     )
