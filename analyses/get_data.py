@@ -33,8 +33,10 @@ def install_with_apt() -> bool:
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         return False
     print("installing Debian's dataset-fashion-mnist ...", flush=True)
-    for command in (["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]):
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"],
+    ):
         if subprocess.run(command, check=False).returncode != 0:
             return False
     return True

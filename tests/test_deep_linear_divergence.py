@@ -83,7 +83,8 @@ def test_wn_diverges_at_lr_0p1_and_bn_does_not(tmp_path):
     BN trains through all 100 iterations."""
     out = tmp_path / "claim"
     args = ["--norms", "wn,bn", "--lrs", "0.1", "--seeds", "0", "--iters", "100",
-            "--train-subset", "4096", "--no-progress", "--out", str(out), *_dataset_args()]  # fmt: skip
+            "--train-subset", "4096", "--no-progress", "--out", str(out)]  # fmt: skip
+    args += _dataset_args()
     assert SWEEP.main(args) == 0
     summary = pd.read_csv(out / "summary.csv").set_index("norm")
     wn, bn = summary.loc["wn"], summary.loc["bn"]
