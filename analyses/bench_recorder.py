@@ -72,7 +72,7 @@ from torch import nn
 
 from stability import Recorder
 from stability import metrics as M
-from stability.cli import nonnegative_int, positive_int
+from stability.cli import cpu_name, nonnegative_int, positive_int
 from stability.models import deep_linear, resnet50
 from stability.recorder import select_modules
 
@@ -597,16 +597,6 @@ def draw_memory(memory: pd.DataFrame, out: Path) -> list[Path]:
 
 
 # =========================================================================== report
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device) -> dict:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -65,7 +64,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.profiler import ProfilerActivity, profile
 
-from stability.cli import positive_int
+from stability.cli import cpu_name, positive_int
 from stability.models import resnet50
 from stability.normalization import ResidualAdd, WeightNorm
 
@@ -417,16 +416,6 @@ def resolve(args: argparse.Namespace) -> tuple[list[torch.device], tuple[str, ..
     if any(d.type == "cuda" for d in devices) and not cuda:
         raise ValueError("--devices cuda: CUDA is not available")
     return devices, _choices(args.norms, ("bn", "wn"), "norm")
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def prepare_out(out: Path | None) -> Path:

@@ -27,12 +27,12 @@ written; 2 with a one-line message for a bad argument, missing data, or an exist
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from stability.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
 from stability.data import add_data_arguments
 from stability.normalization import NORM_KINDS
 from stability.runs import CONFIG, RunExistsError, read_json
@@ -83,38 +83,6 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(text: str, minimum: float, strict: bool, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    return _number(text, 0.0, True, "a positive number")
-
-
-def _nonnegative_float(text: str) -> float:
-    return _number(text, 0.0, False, "a number >= 0")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive_int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every default that a preset sets is None here)."""
     p = _OneLineParser(
@@ -130,18 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p)
     p.set_defaults(dataset=None)
     p.add_argument(
-        "--test-subset", type=_positive_int, default=None,
+        "--test-subset", type=positive_int, default=None,
         help="keep the first N test samples (default: as --subset)",
     )  # fmt: skip
-    p.add_argument("--epochs", type=_positive_int, help="training epochs")
-    p.add_argument("--batch-size", type=_positive_int, help="global batch (split over GPUs)")
-    p.add_argument("--lr", type=_positive_float, help="initial learning rate")
+    p.add_argument("--epochs", type=positive_int, help="training epochs")
+    p.add_argument("--batch-size", type=positive_int, help="global batch (split over GPUs)")
+    p.add_argument("--lr", type=positive_float, help="initial learning rate")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate decay to --final-lr")
-    p.add_argument("--power", type=_positive_float, help="exponent of the poly schedule")
-    p.add_argument("--final-lr", type=_nonnegative_float, help="learning rate after the last step")
-    p.add_argument("--wd", type=_nonnegative_float, help="weight decay")
-    p.add_argument("--momentum", type=_nonnegative_float, help="SGD momentum (paper: 0.9)")
-    p.add_argument("--seed", type=_nonnegative_int, help="seed (init, data order, augmentation)")
+    p.add_argument("--power", type=positive_float, help="exponent of the poly schedule")
+    p.add_argument("--final-lr", type=nonnegative_float, help="learning rate after the last step")
+    p.add_argument("--wd", type=nonnegative_float, help="weight decay")
+    p.add_argument("--momentum", type=nonnegative_float, help="SGD momentum (paper: 0.9)")
+    p.add_argument("--seed", type=nonnegative_int, help="seed (init, data order, augmentation)")
     p.add_argument("--device", help="auto (default: CUDA if available), cpu, cuda, cuda:1")
     p.add_argument("--amp", choices=AMP_MODES, help="mixed precision (fp16 adds a GradScaler)")
     p.add_argument(
@@ -156,14 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--deterministic", action="store_true", default=None,
         help="deterministic algorithms, no cuDNN autotuning",
     )  # fmt: skip
-    p.add_argument("--num-workers", type=_nonnegative_int, help="data loader worker processes")
+    p.add_argument("--num-workers", type=nonnegative_int, help="data loader worker processes")
     p.add_argument("--no-record", action="store_true", help="do not attach the Recorder")
     p.add_argument(
-        "--record-every", type=_positive_int,
+        "--record-every", type=positive_int,
         help="forward and gradient metrics every N steps (default 1)",
     )  # fmt: skip
     p.add_argument(
-        "--weight-every", type=_positive_int,
+        "--weight-every", type=positive_int,
         help="weight norm and row coherence every N steps (default 100)",
     )  # fmt: skip
     p.add_argument(
@@ -175,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not record layers matching GLOB (repeatable)",
     )  # fmt: skip
     p.add_argument(
-        "--check-every", type=_positive_int,
+        "--check-every", type=positive_int,
         help="read the loss on the host every N steps (non-finite check; default 10)",
     )  # fmt: skip
     p.add_argument(
@@ -191,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a new run in --out even if one exists (the old one is renamed, not deleted)",
     )  # fmt: skip
     p.add_argument(
-        "--max-steps", type=_positive_int, default=None,
+        "--max-steps", type=positive_int, default=None,
         help="stop (resumably, with a checkpoint) after N optimizer steps of the run",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

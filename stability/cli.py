@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import platform
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def _number(text: str, cast: Callable[[str], float], minimum: float, strict: bool, what: str):
@@ -65,3 +67,13 @@ def one_of(choices: Sequence[str], what: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
