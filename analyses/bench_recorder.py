@@ -72,7 +72,7 @@ from torch import nn
 
 from stability import Recorder
 from stability import metrics as M
-from stability.cli import cpu_name, nonnegative_int, positive_int
+from stability.cli import OneLineParser, cpu_name, nonnegative_int, positive_int
 from stability.models import deep_linear, resnet50
 from stability.recorder import select_modules
 
@@ -658,11 +658,6 @@ def markdown_report(
 # =========================================================================== CLI
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _steps_per_block(text: str) -> int:
     value = positive_int(text)
     if value % 10:
@@ -671,7 +666,7 @@ def _steps_per_block(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(
+    p = OneLineParser(
         description="Recorder overhead vs no hooks and an .item() baseline, interleaved in one "
         "process; host syncs (CUDA) and memory.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

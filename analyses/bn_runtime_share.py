@@ -64,7 +64,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.profiler import ProfilerActivity, profile
 
-from stability.cli import cpu_name, positive_int
+from stability.cli import OneLineParser, cpu_name, positive_int
 from stability.models import resnet50
 from stability.normalization import ResidualAdd, WeightNorm
 
@@ -368,13 +368,8 @@ def _headline(device: str, rows: pd.DataFrame, wall: pd.Series) -> list[str]:
 # =========================================================================== CLI
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(
+    p = OneLineParser(
         description="Share of ResNet-50 training time per operator category, BN vs WN "
         "(the analogue of Gitman & Ginsburg 2017, Figure 1).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -26,7 +26,14 @@ from pathlib import Path
 import torch
 
 from stability import data
-from stability.cli import comma_list, nonnegative_int, one_of, positive_float, positive_int
+from stability.cli import (
+    OneLineParser,
+    comma_list,
+    nonnegative_int,
+    one_of,
+    positive_float,
+    positive_int,
+)
 from stability.divergence_figure import draw
 from stability.divergence_sweep import (
     SweepConfig,
@@ -43,7 +50,7 @@ DATASETS = ("fashion-mnist", "cifar10", "imagenet", "synthetic")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default = SweepConfig()
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description="Deep linear network divergence under WN / BN / no normalization "
         "(Gitman & Ginsburg 2017, section 5).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stability.cli import positive_float
+from stability.cli import OneLineParser, positive_float
 from stability.growth_report import (
     ReportConfig,
     build_report,
@@ -33,13 +33,6 @@ from stability.growth_report import (
     parse_steps,
     write_report,
 )
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _threshold(text: str) -> float | None:
@@ -62,7 +55,7 @@ def _metric_list(text: str) -> tuple[str, ...] | None:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     default = ReportConfig()
-    p = _OneLineParser(
+    p = OneLineParser(
         prog="norm_growth.py",
         description="Depth- and time-growth fits, divergence onset and early warning for a "
         "run recorded with stability.Recorder.",

@@ -32,7 +32,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stability.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+from stability.cli import (
+    OneLineParser,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from stability.data import add_data_arguments
 from stability.normalization import NORM_KINDS
 from stability.runs import CONFIG, RunExistsError, read_json
@@ -76,16 +82,9 @@ _FIELDS = {
 }
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors are one line on stderr, exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every default that a preset sets is None here)."""
-    p = _OneLineParser(
+    p = OneLineParser(
         description="Train cifar10-nv or ResNet-50 with BN, WN, NormProp, TReLU-WN or no "
         "normalization (Gitman & Ginsburg 2017), recording per-layer norms and coherence.",
     )

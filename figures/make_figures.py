@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stability.cli import OneLineParser
 from stability.plotting import new_figure, norm_color, norm_label, save_figure
 from stability.runs import CONFIG, DIVERGENCE, HISTORY, RECORDS, read_json
 from stability.training import PRESETS, preset_config, run_name, train
@@ -379,14 +380,9 @@ def train_smoke_runs(runs: Path, progress: bool = True) -> dict[str, float]:
 # --------------------------------------------------------------------------- CLI
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = _OneLineParser(description="Regenerate Figures 2-4 of Gitman & Ginsburg (2017).")
+    p = OneLineParser(description="Regenerate Figures 2-4 of Gitman & Ginsburg (2017).")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="folder of run directories")
     p.add_argument("--out", type=Path, default=Path("figures/out"), help="output folder")
     p.add_argument(

@@ -13,6 +13,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _number(text: str, cast: Callable[[str], float], minimum: float, strict: bool, what: str):
     try:
         value = cast(text)
