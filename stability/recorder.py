@@ -21,6 +21,13 @@ Timing contract: call ``step()`` once per optimizer step, after ``backward()``. 
 keyed by the step during whose forward they were produced, so a gradient hook that fires
 late is still filed under its own step.
 
+What counts as a layer's output and input: the first floating-point tensor of what the
+module returns (depth first through tuples, lists and dicts) and of its positional, then
+keyword, arguments. A view of a freshly computed product (``nn.Linear`` on a >2-d input)
+gets its gradient hook on the product itself, so a later in-place change of the view does
+not lose ``grad_norm``. Activation checkpointing's re-run of a forward inside backward is
+not a new call. A ``copy.deepcopy`` of a recorded model (an EMA twin) records nothing.
+
 Compilation: attach the Recorder *before* ``torch.compile``; the hooks are excluded from
 tracing (``torch._dynamo.disable``), so the compiled model breaks its graph around each
 recorded layer and the hooks run eagerly. Hooks attached to a model that was already
