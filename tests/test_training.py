@@ -690,3 +690,42 @@ def test_sigkill_leaves_a_readable_prefix_and_resumes(tmp_path, tiny_fmnist):
     )
     steps = records(out)["step"]
     assert sorted(steps.unique()) == list(range(target))  # continues, nothing lost or doubled
+
+
+@pytest.mark.slow
+def test_ddp_nan_on_one_rank_stops_every_rank(tmp_path, tiny_fmnist):
+    """torchrun, 2 gloo processes; rank 1 alone sees a non-finite loss from its 2nd step on
+    (fault injected through a sitecustomize that wraps LossWatch.update on rank 1). Both
+    ranks must stop together and cleanly: exit 0, state "diverged", divergence.json, and
+    record parts of both ranks ending at the same step."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    from stability import training\n"
+        "    original = training.LossWatch.update\n"
+        "    calls = []\n"
+        "    def update(self, loss):\n"
+        "        calls.append(1)\n"
+        "        return original(self, loss * float('nan') if len(calls) >= 2 else loss)\n"
+        "    training.LossWatch.update = update\n"
+    )
+    out = tmp_path / "ddp"
+    args = _cli_args(out, tiny_fmnist, "--check-every", "1")
+    args[args.index("--epochs") + 1] = "4"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(SCRIPT), *args]  # fmt: skip
+    path = os.pathsep.join([str(inject), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads((out / R.STATUS).read_text())
+    assert status["state"] == "diverged"
+    assert (out / "divergence.json").exists()
+    frame = records(out)
+    last = frame.groupby("rank")["step"].max()
+    assert sorted(last.index) == [0, 1] and last.nunique() == 1  # stopped at the same step
+    names = frame.groupby("rank")["layer"].agg(lambda v: tuple(sorted(set(v))))
+    assert names.loc[0] == names.loc[1]  # identical layer names on both ranks
+    assert int(last.iloc[0]) < 4 * 2 - 1  # stopped early (4 epochs x 2 steps otherwise)
