@@ -23,8 +23,8 @@ row per layer and step) and ``growth_summary.json``.
 Reading (:mod:`stability.record_table`) scales to tables of many millions of rows: every
 read selects only the columns it needs and pushes the run, step-range and metric filters
 down to pyarrow, the ``layer`` and ``metric`` strings are read dictionary-encoded (pandas
-categoricals), and the scans that look for the onset or list the runs and metrics go batch by batch, so the
-memory held is that of the one metric being reported (plus a row group at a time).
+categoricals), and the scans that look for the onset or list the runs and metrics go batch
+by batch, so the memory held is that of the one metric being reported (plus a row group).
 
 Record tables may carry key columns in addition to the standard ones
 (:data:`stability.fitting.COLUMNS`): the deep linear sweep stores many runs in one file
