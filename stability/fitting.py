@@ -485,10 +485,17 @@ def depth_growth(
             for key, val in _theil_sen(xs[lo:hi], ys[lo:hi], confidence).items():
                 fit[key][g] = val
 
-    out = pd.DataFrame({"step": step_u})
+    return _fit_table(step_u, fit, "n_layers", n)
+
+
+def _fit_table(
+    steps: np.ndarray, fit: dict[str, np.ndarray], count_name: str, counts: np.ndarray
+) -> pd.DataFrame:
+    """One row per step: the fitted quantities, the number of points fitted, then ``r2``."""
+    out = pd.DataFrame({"step": steps})
     for key in ("slope", "intercept", "stderr", "factor", "factor_low", "factor_high"):
         out[key] = fit[key]
-    out["n_layers"] = np.asarray(n, dtype=np.int64)
+    out[count_name] = np.asarray(counts, dtype=np.int64)
     out["r2"] = fit["r2"]
     return out
 
@@ -654,12 +661,7 @@ def time_growth(
             keep = ok[sl]
             for key, val in _theil_sen(sf[sl][keep], y[sl][keep], confidence).items():
                 fit[key][i] = val
-    out = pd.DataFrame({"step": s})
-    for key in ("slope", "intercept", "stderr", "factor", "factor_low", "factor_high"):
-        out[key] = fit[key]
-    out["n_points"] = np.asarray(npts, dtype=np.int64)
-    out["r2"] = fit["r2"]
-    return out
+    return _fit_table(s, fit, "n_points", npts)
 
 
 def divergence_onset(
