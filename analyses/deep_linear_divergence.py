@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from stability import data
-from stability.cli import (
+from stability.experiments.cli import (
     OneLineParser,
     comma_list,
     nonnegative_int,
@@ -34,15 +33,16 @@ from stability.cli import (
     positive_float,
     positive_int,
 )
-from stability.divergence_figure import draw
-from stability.divergence_sweep import (
+from stability.experiments.divergence_figure import draw
+from stability.experiments.divergence_sweep import (
     SweepConfig,
     loss_table,
     summarize,
     train_norm,
     verdict,
 )
-from stability.models import DEEP_LINEAR_NORMS
+from stability.paper import data
+from stability.paper.models import DEEP_LINEAR_NORMS
 
 QUICK = {"lrs": (1e-3, 0.1, 1.0), "seeds": (0,), "iters": 40, "train_subset": 4096}
 DATASETS = ("fashion-mnist", "cifar10", "imagenet", "synthetic")

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 
-from stability import data
+from stability.paper import data
 
 
 def found(data_dir: str | None) -> bool:

@@ -14,7 +14,7 @@ folder for tables that hold several runs; existing report files are only replace
 ``--force``): ``growth_report.png`` with the CSV behind each panel, the sliding
 time-growth fits ``growth_time_window.parquet`` and ``growth_summary.json``; prints a short
 table. Errors are one line on stderr with exit status 2. The work is done by
-:mod:`stability.growth_report`.
+:mod:`stability.experiments.growth_report`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stability.cli import OneLineParser, positive_float
-from stability.growth_report import (
+from stability.experiments.cli import OneLineParser, positive_float
+from stability.experiments.growth_report import (
     ReportConfig,
     build_report,
     default_out_dir,

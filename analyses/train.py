@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train cifar10-nv or ResNet-50 with any normalization, recording every conv/linear layer.
 
-A thin CLI over :mod:`stability.training` (Gitman & Ginsburg 2017, sections 4.1 and 4.2)::
+A thin CLI over :mod:`stability.paper.training` (Gitman & Ginsburg 2017, sections 4.1 and 4.2)::
 
     # the paper's runs (GPU; see figures/make_figures.py --preset paper for all of them)
     python analyses/train.py --model cifar10_nv --norm wn --preset paper
@@ -16,7 +16,7 @@ A thin CLI over :mod:`stability.training` (Gitman & Ginsburg 2017, sections 4.1 
 normalization; every flag given explicitly overrides it. The run directory (``--out``,
 default ``runs/<model>-<norm>-<preset>``) receives ``config.json``, ``history.csv``,
 ``records.parquet/`` (one part per epoch), ``checkpoint.pt``, ``status.json`` and, if
-the loss goes non-finite, ``divergence.json`` (see :mod:`stability.runs`).
+the loss goes non-finite, ``divergence.json`` (see :mod:`stability.records.runs`).
 
 Exit status: 0 when training finished, diverged (a result, reported in divergence.json)
 or stopped at ``--max-steps``; 143 (128 + SIGTERM) after a SIGTERM, with a checkpoint
@@ -32,17 +32,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stability.cli import (
+from stability.experiments.cli import (
     OneLineParser,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
 )
-from stability.data import add_data_arguments
-from stability.normalization import NORM_KINDS
-from stability.runs import CONFIG, RunExistsError, read_json
-from stability.training import (
+from stability.paper.data import add_data_arguments
+from stability.paper.normalization import NORM_KINDS
+from stability.paper.training import (
     AMP_MODES,
     MODELS,
     PRESETS,
@@ -53,6 +52,7 @@ from stability.training import (
     run_name,
     train,
 )
+from stability.records.runs import CONFIG, RunExistsError, read_json
 
 SIGTERM_EXIT = 143
 

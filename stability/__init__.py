@@ -5,7 +5,7 @@ Importing this package has no side effects. The public entry points are
 """
 
 from stability import fitting, metrics
-from stability.recorder import Recorder
+from stability.records.recorder import Recorder
 
 __all__ = ["Recorder", "fitting", "metrics"]
 __version__ = "0.1.0"

@@ -50,6 +50,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from stability.records.schema import (
+    COLUMNS,
+    FORWARD_METRICS,
+    NOT_DIVERGENCE_METRICS,
+    THRESHOLD_METRICS,
+)
+
 __all__ = [
     "COLUMNS",
     "THRESHOLD_METRICS",
@@ -61,30 +68,6 @@ __all__ = [
     "metric_table",
     "time_growth",
 ]
-
-#: The columns of the record table, in order.
-COLUMNS: tuple[str, ...] = ("step", "layer", "layer_idx", "call_idx", "metric", "value")
-
-#: Metrics to which :func:`divergence_onset`'s magnitude threshold applies. These are
-#: norms, which grow without bound when training diverges. ``coherence`` and
-#: ``coherence_mean`` lie in [0, 1]; ``gain`` is a ratio of two norms that are both
-#: checked already, and it is legitimately huge for a layer whose input is nearly zero
-#: (e.g. after dead ReLUs), so it is checked for non-finite values only. Any metric
-#: not listed here (including user-defined ones) is likewise checked only for
-#: non-finite values.
-THRESHOLD_METRICS: frozenset[str] = frozenset(
-    {"output_norm", "output_rms", "grad_norm", "weight_norm"}
-)
-
-#: Metrics :func:`divergence_onset` ignores: row coherence is NaN for a weight with a
-#: zero row (e.g. ``nn.Embedding(padding_idx=0)``, a zero-initialised classifier head), a
-#: healthy state, and a diverging weight already shows in ``weight_norm``.
-NOT_DIVERGENCE_METRICS: frozenset[str] = frozenset({"coherence", "coherence_mean"})
-
-#: Metrics of the forward pass. Within the onset step they are ranked before the others:
-#: a NaN produced by layer L reaches every earlier layer's ``grad_norm`` in the same step's
-#: backward pass, so only the forward metrics point at the layer where it started.
-FORWARD_METRICS: frozenset[str] = frozenset({"output_norm", "output_rms", "gain"})
 
 _FIT_COLUMNS = (
     "slope",

@@ -11,7 +11,6 @@ scripts document.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -26,21 +25,12 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from stability import Recorder
-from stability.normalization import ResidualAdd, weight_norm
+from stability.experiments import bench_recorder as bench
+from stability.experiments import bn_runtime_share as share
+from stability.paper.normalization import ResidualAdd, weight_norm
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "analyses" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("bench_recorder")
-share = _load("bn_runtime_share")
 
 SUMMARY_COLUMNS = [
     "workload",
@@ -182,7 +172,7 @@ def test_bench_recorder_refuses_existing_output_and_bad_steps(tmp_path, capsys):
 def test_compare_with_loads_another_recorder(tmp_path):
     """--compare-with: a copy of recorder.py becomes one more variant."""
     copy = tmp_path / "recorder_copy.py"
-    copy.write_text((ROOT / "stability" / "recorder.py").read_text())
+    copy.write_text((ROOT / "stability" / "records" / "recorder.py").read_text())
     recorder_class = bench.load_recorder_class(copy)
     factories = bench.variant_factories(("recorder_copy", recorder_class))
     assert "recorder (recorder_copy)" in factories

@@ -1,4 +1,4 @@
-"""Tests for stability.data: idx parsing, data discovery, the paper's transforms, loaders.
+"""Tests for stability.paper.data: idx parsing, data discovery, the paper's transforms, loaders.
 
 Every data set here is written by the test itself (idx files by hand from the format
 spec, CIFAR-10 pickles, PNG/JPEG ImageFolders); nothing is downloaded. The references
@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stability import data as D
+from stability.paper import data as D
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

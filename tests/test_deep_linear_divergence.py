@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stability import data
+from stability.paper import data
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "analyses" / "deep_linear_divergence.py"

@@ -1,7 +1,7 @@
 """Tests for ``figures/make_figures.py`` (Figures 2, 3 and 4 from saved runs).
 
 The fixture runs are written here with known numbers (history rows and record parts in
-the layout of :mod:`stability.runs`); the references are those numbers: every CSV beside a
+the layout of :mod:`stability.records.runs`); the references are those numbers: every CSV beside a
 figure must hold exactly the fixture values drawn, Figure 4 must pick the layers with the
 smallest and largest ``layer_idx``, and a missing run must be reported with a command
 that the training CLI accepts and that reproduces the preset's configuration.
@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stability import runs as R
-from stability import training as T
+from stability.experiments import paper_figures as mf
+from stability.paper import training as T
+from stability.records import runs as R
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,6 @@ def _load(path: Path, name: str):
     return module
 
 
-mf = _load(ROOT / "figures" / "make_figures.py", "make_figures")
 train_cli = _load(ROOT / "analyses" / "train.py", "train_cli_for_figures")
 
 STEPS_PER_EPOCH = 4

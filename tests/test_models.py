@@ -1,4 +1,4 @@
-"""Tests for stability.models: Table 2 of the paper, ResNet-50, the deep linear network.
+"""Tests for stability.paper.models: Table 2 of the paper, ResNet-50, the deep linear network.
 
 Expected shapes and parameter counts are written out here from the paper's Table 2
 and section 5, not taken from the code; Xavier init is checked against Glorot's
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from stability.models import cifar10_nv, deep_linear, resnet50
-from stability.normalization import NPActivation, TReLU, weight_norm_parameters
+from stability.paper.models import cifar10_nv, deep_linear, resnet50
+from stability.paper.normalization import NPActivation, TReLU, weight_norm_parameters
 
 WN_KINDS = ("wn", "np", "trelu")
 ALL_KINDS = ("none", "bn", "wn", "np", "trelu")

@@ -1,4 +1,4 @@
-"""Tests for the growth report (``analyses/norm_growth.py`` over ``stability.growth_report``).
+"""Tests for the growth report: ``analyses/norm_growth.py`` over its experiment module.
 
 The references are the generating constants of synthetic record tables, built with plain
 numpy/pandas: ``value[t, k] = c * f**k * g**t`` has per-layer depth factor ``f`` and
@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from stability import Recorder
-from stability import growth_report as gr
+from stability.experiments import growth_report as gr
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "analyses" / "norm_growth.py"

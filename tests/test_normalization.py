@@ -1,4 +1,4 @@
-"""Tests for stability.normalization against references written from the paper's formulas.
+"""Tests for stability.paper.normalization against references written from the paper's formulas.
 
 Every layer kind is compared, forward and gradients (input and every parameter), with
 a direct re-implementation of its formula on raw tensors (``F.conv2d`` / matmul,
@@ -22,7 +22,7 @@ from torchvision.models import resnet18
 from torchvision.models import resnet50 as tv_resnet50
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from stability.normalization import (
+from stability.paper.normalization import (
     NORM_KINDS,
     NP_MEAN,
     NP_STD,

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from stability import Recorder
-from stability.models import deep_linear
-from stability.stacked import StackedDeepLinear, StackedSGD, keep_runs
+from stability.paper.models import deep_linear
+from stability.paper.stacked import StackedDeepLinear, StackedSGD, keep_runs
 
 LRS = (0.01, 0.05, 0.2)
 SEEDS = (3, 4, 5)

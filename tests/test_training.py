@@ -1,5 +1,5 @@
-"""Tests for training (``stability.training``), run directories (``stability.runs``) and
-the ``analyses/train.py`` CLI.
+"""Tests for training (``stability.paper.training``), run directories
+(``stability.records.runs``) and the ``analyses/train.py`` CLI.
 
 References: the schedules against their closed forms evaluated with numpy; the paper's
 hyper-parameters against the numbers of section 4.1 (footnote 3) and 4.2; resume against
@@ -27,9 +27,9 @@ import pandas as pd
 import pytest
 import torch
 
-from stability import runs as R
-from stability import training as T
-from stability.normalization import NORM_KINDS
+from stability.paper import training as T
+from stability.paper.normalization import NORM_KINDS
+from stability.records import runs as R
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "analyses" / "train.py"
@@ -537,7 +537,7 @@ def test_growth_report_style_pyarrow_reads_the_parts(tmp_path):
 
 def test_growth_report_reads_a_training_run(tmp_path):
     """The growth report reads the parts directory a training run streams its records to."""
-    from stability import growth_report
+    from stability.experiments import growth_report
 
     run = R.RunDir(tmp_path)
     for part, steps in enumerate([range(0, 3), range(3, 6)]):
@@ -703,7 +703,7 @@ def test_ddp_nan_on_one_rank_stops_every_rank(tmp_path, tiny_fmnist):
     (inject / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
-        "    from stability import training\n"
+        "    from stability.paper import training\n"
         "    original = training.LossWatch.update\n"
         "    calls = []\n"
         "    def update(self, loss):\n"

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from stability import fitting
-from stability.plotting import new_figure, norm_color, norm_label, save_figure
+from stability.experiments.plotting import new_figure, norm_color, norm_label, save_figure
 
 
 def representative_lr(summary: pd.DataFrame, norm: str = "wn") -> float:

@@ -3,7 +3,7 @@ r"""Training cifar10-nv and ResNet-50 with any normalization, recorded by the Re
 The library half of ``analyses/train.py``: a frozen :class:`TrainConfig`, the paper's
 hyper-parameters (:func:`preset_config`), the learning-rate schedules, and :func:`train`,
 which builds everything, trains with SGD + momentum, evaluates every epoch, and keeps the
-run directory of :mod:`stability.runs` (config, history, records, checkpoints) up to date.
+run directory of :mod:`stability.records.runs` (config, history, records, checkpoints) up to date.
 
 Learning-rate schedules, step-wise. With :math:`t` the 0-based optimizer step,
 :math:`T` the total number of steps (``epochs * steps_per_epoch``), :math:`\eta_0` the
@@ -39,12 +39,12 @@ true norm times the scale of that step).
 Checkpoints and resume. At the end of every epoch (and on SIGTERM or ``max_steps``) a
 checkpoint holds the model, optimizer, scheduler and scaler states, every process's RNG
 states (torch, CUDA, numpy, python), the position (epoch, batch within the epoch, global
-step), the partial-epoch accuracy sums, and the history rows (see :mod:`stability.runs`
+step), the partial-epoch accuracy sums, and the history rows (see :mod:`stability.records.runs`
 for the file order). The data order is a pure function of ``(seed, epoch)``: the
 training loader always uses a :class:`~torch.utils.data.DistributedSampler` (one replica
 without DDP) re-seeded by ``set_epoch(epoch)``, and an in-memory data set's augmentation
 stream is re-seeded to ``hash(seed, epoch)`` at the start of every epoch
-(:meth:`stability.data.TensorImageDataset.reseed`). Resuming inside an epoch re-seeds the
+(:meth:`stability.paper.data.TensorImageDataset.reseed`). Resuming inside an epoch re-seeds the
 epoch, loads and discards the batches already done (for data loaded in the main
 process; cheap for in-memory data), *then* restores the RNG states, so the rest of the
 epoch sees exactly the samples, augmentations and random numbers of an uninterrupted
@@ -112,10 +112,10 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Sampler
 
 from stability import fitting
-from stability.data import DatasetInfo, build_datasets, canonical_name, make_loader
-from stability.normalization import check_norm_kind
-from stability.recorder import FORWARD_METRICS, Recorder
-from stability.runs import DIVERGENCE, RunDir, check_run_dir, open_run, write_json_atomic
+from stability.paper.data import DatasetInfo, build_datasets, canonical_name, make_loader
+from stability.paper.normalization import check_norm_kind
+from stability.records.recorder import FORWARD_METRICS, Recorder
+from stability.records.runs import DIVERGENCE, RunDir, check_run_dir, open_run, write_json_atomic
 
 __all__ = [
     "AMP_MODES",
@@ -160,9 +160,9 @@ class TrainConfig:
 
     Attributes:
         model: ``cifar10_nv`` or ``resnet50``.
-        norm: one of :data:`stability.normalization.NORM_KINDS`.
-        dataset: one of :data:`stability.data.DATASETS`.
-        data_dir: searched first for the data (see :mod:`stability.data`).
+        norm: one of :data:`stability.paper.normalization.NORM_KINDS`.
+        dataset: one of :data:`stability.paper.data.DATASETS`.
+        data_dir: searched first for the data (see :mod:`stability.paper.data`).
         download: let torchvision download Fashion-MNIST / CIFAR-10 if missing.
         image_size: input side (None: the data set's default, 28 or 224).
         subset: ``(n_train, n_test)`` first samples kept (an int sets both); None: all.
@@ -180,7 +180,7 @@ class TrainConfig:
         compile: wrap the model in :func:`torch.compile`.
         channels_last: channels_last memory format; None: on CUDA only.
         deterministic: deterministic algorithms, no cuDNN autotuning.
-        num_workers: loader worker processes (None: :func:`stability.data.make_loader`'s).
+        num_workers: loader worker processes (None: :func:`stability.paper.data.make_loader`'s).
         record: attach the Recorder.
         record_every: forward/gradient metrics every this many steps.
         weight_every: weight metrics (norm, coherence) every this many steps.
@@ -529,7 +529,7 @@ def build_model(config: TrainConfig, info: DatasetInfo) -> tuple[nn.Module, int]
     cifar10-nv gets ``in_channels = info.in_channels``; ResNet-50 keeps 3 input channels
     (grey inputs are repeated over them, see the module docstring).
     """
-    from stability.models import cifar10_nv, resnet50
+    from stability.paper.models import cifar10_nv, resnet50
 
     if config.model == "cifar10_nv":
         return cifar10_nv(config.norm, info.in_channels, info.num_classes), info.in_channels

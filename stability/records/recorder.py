@@ -51,13 +51,12 @@ import torch
 from torch import nn
 
 from stability import metrics as M
-
-FORWARD_METRICS = ("output_norm", "output_rms", "gain")
-GRAD_METRICS = ("grad_norm",)
-WEIGHT_METRICS = ("weight_norm", "coherence", "coherence_mean")
-METRICS = FORWARD_METRICS + GRAD_METRICS + WEIGHT_METRICS
-COLUMNS = ("step", "layer", "layer_idx", "call_idx", "metric", "value")
-ROOT_NAME = "(model)"  # the layer name of a model that is itself a single layer
+from stability.records.schema import (
+    FORWARD_METRICS,
+    METRICS,
+    ROOT_NAME,
+    WEIGHT_METRICS,
+)
 
 # Codes of the raw norms kept between a hook and flush(); they never reach the table.
 _RAW_OUTPUT_NORM = len(METRICS)  # ||o||, aux = elements per run -> output_norm, output_rms
@@ -240,7 +239,7 @@ class Recorder:
         weight_every: record weight metrics every ``weight_every`` steps.
         flush_every: copy device buffers to the host every ``flush_every`` steps.
         run_dim: for a model that stacks independent runs (every output and weight has a
-            leading run dimension, e.g. :mod:`stability.stacked`), the dimension indexing
+            leading run dimension, e.g. :mod:`stability.paper.stacked`), the dimension indexing
             the runs. Every metric is then computed per run and the table gains a ``run``
             column after ``step``. ``None`` (default): one run, the table of DESIGN.md.
 

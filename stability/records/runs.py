@@ -1,6 +1,6 @@
 """The run directory of one training run: config, history, records, checkpoints.
 
-Layout of ``runs/<name>/`` (written by :func:`stability.training.train`)::
+Layout of ``runs/<name>/`` (written by :func:`stability.paper.training.train`)::
 
     config.json            the full TrainConfig (flat) plus a "meta" entry (world size,
                            steps per epoch, torch version, command line, data set info)

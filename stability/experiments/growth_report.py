@@ -20,14 +20,14 @@ one call index, and answers with :mod:`stability.fitting`:
 the numbers it draws), ``growth_time_window.parquet`` (the sliding time-growth fits, one
 row per layer and step) and ``growth_summary.json``.
 
-Reading (:mod:`stability.record_table`) scales to tables of many millions of rows: every
+Reading (:mod:`stability.records.io`) scales to tables of many millions of rows: every
 read selects only the columns it needs and pushes the run, step-range and metric filters
 down to pyarrow, the ``layer`` and ``metric`` strings are read dictionary-encoded (pandas
 categoricals), and the scans that look for the onset or list the runs and metrics go batch
 by batch, so the memory held is that of the one metric being reported (plus a row group).
 
 Record tables may carry key columns in addition to the standard ones
-(:data:`stability.fitting.COLUMNS`): the deep linear sweep stores many runs in one file
+(:data:`stability.records.schema.COLUMNS`): the deep linear sweep stores many runs in one file
 with ``norm, lr, seed`` columns, and a Recorder with ``run_dim`` adds ``run``. Every such
 column is a *run key*; a report covers exactly one run, picked with ``where``
 (``"norm=wn,lr=0.1,seed=0"``; values are parsed to the column's type and need only
@@ -49,8 +49,8 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from stability import fitting
-from stability.plotting import new_figure, save_figure
-from stability.record_table import (
+from stability.experiments.plotting import new_figure, save_figure
+from stability.records.io import (
     RunSelection,
     categorical,
     find_onset,
@@ -87,10 +87,6 @@ PANELS = ("heatmap", "depth_factor", "depth_profile", "coherence")
 MAX_HEATMAP_COLUMNS = 400
 #: Weight metric drawn in panel (d).
 COHERENCE = "coherence"
-
-_STANDARD = frozenset(fitting.COLUMNS)
-_DICTIONARY_COLUMNS = ["layer", "metric"]
-_RUNS_SHOWN = 10
 
 
 # ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 r"""Many independent runs of the deep linear network trained as one stacked model.
 
-A learning-rate x seed sweep of :func:`stability.models.deep_linear` is hundreds of tiny
+A learning-rate x seed sweep of :func:`stability.paper.models.deep_linear` is hundreds of tiny
 64 x 64 matrix products per step: launch-bound when run one network at a time. Here run
 ``r`` of ``R`` keeps its own weights ``W[r]`` and its own mini-batch ``x[r]``, and every
 layer computes all runs at once with one batched matrix product,
@@ -15,7 +15,7 @@ run. Every module is built by stacking unbatched twins (:meth:`StackedDeepLinear
 so run ``r`` starts exactly where its unbatched network starts; ``tests/test_stacked.py``
 shows each stacked run follows its unbatched twin.
 
-Layers keep the names of :class:`stability.models.DeepLinear` (``layers.i``, ``norms.i``),
+Layers keep the names of :class:`stability.paper.models.DeepLinear` (``layers.i``, ``norms.i``),
 and a :class:`stability.Recorder` with ``run_dim=0`` records every metric per run.
 """
 
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from stability.models import DeepLinear
-from stability.normalization import WeightNorm
+from stability.paper.models import DeepLinear
+from stability.paper.normalization import WeightNorm
 
 
 class StackedLinear(nn.Module):

@@ -24,9 +24,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from stability import fitting
+from stability.records.schema import COLUMNS, NOT_DIVERGENCE_METRICS, THRESHOLD_METRICS
 
 RECORDS_NAME = "records.parquet"
-_STANDARD = frozenset(fitting.COLUMNS)
+_STANDARD = frozenset(COLUMNS)
 _DICTIONARY_COLUMNS = ["layer", "metric"]
 _RUNS_SHOWN = 10
 
@@ -207,11 +208,11 @@ def _read_schema(path: Path) -> pa.Schema:
         schema = ds.dataset(path, format="parquet").schema
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValueError(f"{path} is not a readable parquet file: {exc}") from None
-    missing = [c for c in fitting.COLUMNS if c not in schema.names]
+    missing = [c for c in COLUMNS if c not in schema.names]
     if missing:
         raise ValueError(
             f"{path} is not a record table: missing columns {missing} "
-            f"(expected {list(fitting.COLUMNS)} plus optional run keys)"
+            f"(expected {list(COLUMNS)} plus optional run keys)"
         )
     return schema
 
@@ -326,7 +327,7 @@ def load_metric(
         raise ValueError(_explain_empty(selection, metric, call_idx))
     frame["layer"] = categorical(frame["layer"])
     frame["metric"] = pd.Categorical.from_codes(np.zeros(len(frame), dtype=np.int8), [metric])
-    return frame[list(fitting.COLUMNS)]
+    return frame[list(COLUMNS)]
 
 
 def categorical(values: pd.Series) -> pd.Series:
@@ -370,13 +371,15 @@ def find_onset(
     value = ds.field("value")
     offending = value.is_null() | ~pc.is_finite(value)
     if threshold is not None:
-        norms = ds.field("metric").isin(sorted(fitting.THRESHOLD_METRICS))
+        norms = ds.field("metric").isin(sorted(THRESHOLD_METRICS))
         offending = offending | (norms & (pc.abs(value) > float(threshold)))
-    if metrics is not None:
+    if metrics is None:  # the same metrics divergence_onset judges by default
+        offending = offending & ~ds.field("metric").isin(sorted(NOT_DIVERGENCE_METRICS))
+    else:
         offending = offending & ds.field("metric").isin(list(metrics))
     best: int | None = None
     kept: list[pd.DataFrame] = []
-    for frame in selection.batches(fitting.COLUMNS, offending):
+    for frame in selection.batches(COLUMNS, offending):
         frame = frame[_glob_mask(frame["layer"], layers)]
         if frame.empty:
             continue
@@ -388,4 +391,5 @@ def find_onset(
     if best is None:
         return None
     rows = pd.concat(kept, ignore_index=True).astype({"metric": str})
-    return fitting.divergence_onset(rows, threshold)
+    judged = None if metrics is None else sorted(set(rows["metric"]))  # rows hold only these
+    return fitting.divergence_onset(rows, threshold, metric=judged)

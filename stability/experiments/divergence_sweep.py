@@ -6,7 +6,7 @@ the network completely diverged in less than a hundred iterations due to the bro
 orthogonality assumptions." (Gitman & Ginsburg 2017, section 5.)
 
 For each normalization kind, every (learning rate, seed) pair is one independent run; the
-runs of one kind are trained together as a :class:`stability.stacked.StackedDeepLinear`
+runs of one kind are trained together as a :class:`stability.paper.stacked.StackedDeepLinear`
 (SGD with momentum 0.9, one learning rate per run) and recorded by one
 :class:`stability.Recorder` (``run_dim=0``), every layer every step, weights included.
 A run's initial weights and its mini-batch order depend on its seed only, so every
@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from stability import fitting
-from stability.models import deep_linear
-from stability.recorder import Recorder
-from stability.stacked import StackedDeepLinear, StackedSGD, keep_runs
+from stability.paper.models import deep_linear
+from stability.paper.stacked import StackedDeepLinear, StackedSGD, keep_runs
+from stability.records.recorder import Recorder
+from stability.records.schema import COLUMNS
 
 RUN_KEYS = ("norm", "lr", "seed")
 
@@ -237,7 +238,7 @@ def summarize(sweep: NormSweep, config: SweepConfig) -> tuple[pd.DataFrame, pd.D
         rows.append(keys | row)
         kept.append(records.assign(**keys))
     records = pd.concat(kept, ignore_index=True)
-    return pd.DataFrame(rows), records[list(RUN_KEYS) + list(fitting.COLUMNS)]
+    return pd.DataFrame(rows), records[list(RUN_KEYS) + list(COLUMNS)]
 
 
 def loss_table(sweep: NormSweep) -> pd.DataFrame:

@@ -1,0 +1,58 @@
+"""The record table's schema: its columns, its metrics, and what each metric means for divergence.
+
+One value per row (tidy):
+
+======== ==========================================================================
+column   meaning
+======== ==========================================================================
+step     optimizer step, from ``Recorder.step()`` (0-based)
+layer    the module's qualified name (``module.`` and ``_orig_mod.`` stripped)
+layer_idx  depth order: the rank of the layer's first forward call in the run
+call_idx which call of that module within the step (shared modules, accumulation)
+metric   one of :data:`METRICS`
+value    float
+======== ==========================================================================
+
+Tables of several runs (the stacked linear sweep) carry extra key columns such as
+``run``, ``norm``, ``lr``, ``seed`` in front of these.
+
+Every module that reads, writes, fits or judges a record table takes its names from here.
+"""
+
+from __future__ import annotations
+
+#: The columns of the record table, in order.
+COLUMNS: tuple[str, ...] = ("step", "layer", "layer_idx", "call_idx", "metric", "value")
+
+#: Metrics of the forward pass: ``output_norm`` ``||o||_2``, ``output_rms``
+#: ``||o||_2 / sqrt(numel(o))`` and ``gain`` ``||o|| / ||x||``.
+FORWARD_METRICS: tuple[str, ...] = ("output_norm", "output_rms", "gain")
+#: Metrics of the backward pass: ``grad_norm`` ``||dL/do||_2``.
+GRAD_METRICS: tuple[str, ...] = ("grad_norm",)
+#: Metrics of the effective weight, computed every ``weight_every`` steps: ``weight_norm``
+#: ``||W||_F``, ``coherence`` ``max_{i!=j} |cos(w_i, w_j)|`` and ``coherence_mean``, the mean
+#: of the same over ``i != j`` (rows ``w_i`` are the layer's output units).
+WEIGHT_METRICS: tuple[str, ...] = ("weight_norm", "coherence", "coherence_mean")
+#: Every metric the Recorder can record, in its order.
+METRICS: tuple[str, ...] = FORWARD_METRICS + GRAD_METRICS + WEIGHT_METRICS
+
+#: Metrics to which the divergence rule's magnitude threshold applies. These are norms,
+#: which grow without bound when training diverges. ``coherence`` and ``coherence_mean``
+#: lie in [0, 1]; ``gain`` is a ratio of two norms that are both checked already, and it is
+#: legitimately huge for a layer whose input is nearly zero (e.g. after dead ReLUs), so it is
+#: checked for non-finite values only. Any metric not listed here (including user-defined
+#: ones) is likewise checked only for non-finite values.
+THRESHOLD_METRICS: frozenset[str] = frozenset(
+    {"output_norm", "output_rms", "grad_norm", "weight_norm"}
+)
+
+#: Metrics the divergence rule ignores: row coherence is NaN for a weight with a zero row
+#: (e.g. ``nn.Embedding(padding_idx=0)``, a zero-initialised classifier head), a healthy
+#: state, and a diverging weight already shows in ``weight_norm``.
+NOT_DIVERGENCE_METRICS: frozenset[str] = frozenset({"coherence", "coherence_mean"})
+
+#: The divergence rule's default magnitude threshold on :data:`THRESHOLD_METRICS`.
+DEFAULT_THRESHOLD: float = 1e6
+
+#: The layer name of a model that is itself a single selected layer.
+ROOT_NAME = "(model)"
