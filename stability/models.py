@@ -1,4 +1,4 @@
-"""Compatibility alias: the paper's models now live in :mod:`stability.paper.models`."""
+"""Compatibility alias of :mod:`stability.paper.models` (the paper's models)."""
 
 from stability.paper.models import *  # noqa: F403
 from stability.paper.models import __all__  # noqa: F401

@@ -1,4 +1,4 @@
-"""Compatibility alias: the paper's normalization now live in :mod:`stability.paper.normalization`."""
+"""Compatibility alias of :mod:`stability.paper.normalization` (the paper's normalization)."""
 
 from stability.paper.normalization import *  # noqa: F403
 from stability.paper.normalization import __all__  # noqa: F401
