@@ -1,16 +1,19 @@
-"""argparse value types shared by the command-line scripts.
+"""What every command-line script shares: a one-line-error parser, value types, presets
+and turning parsed arguments into a config. Imports nothing heavy, so ``--help`` is instant.
 
-Each raises :class:`argparse.ArgumentTypeError`, so argparse prints a one-line error
+Each value type raises :class:`argparse.ArgumentTypeError`, so argparse prints a one-line error
 naming the flag and exits with status 2 (no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -84,3 +87,38 @@ def cpu_name() -> str:
         lines = []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     return names[0] if names else platform.processor() or platform.machine()
+
+
+def parse_with_preset(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    presets: Mapping[str, Mapping[str, Any]],
+) -> argparse.Namespace:
+    """Parse ``argv`` where ``--preset NAME`` supplies the values of every flag not given.
+
+    The parser must have a ``--preset`` option whose choices are ``presets``' keys. argparse
+    itself decides which flags were given (abbreviations included): the preset's values are
+    put on the namespace first, and argparse only fills defaults for what is still missing
+    and overrides what the user typed.
+    """
+    chosen = parser.parse_args(argv).preset
+    return parser.parse_args(argv, namespace=argparse.Namespace(**presets[chosen]))
+
+
+def config_from_args(config_type: type, args: argparse.Namespace, **values: Any) -> Any:
+    """An instance of the dataclass ``config_type`` from the parsed arguments.
+
+    Every field whose name is an attribute of ``args`` takes that value; ``values``
+    (computed by the script) take precedence; the other fields keep their defaults.
+    """
+    names = {f.name for f in dataclasses.fields(config_type)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TypeError(f"{config_type.__name__} has no field(s) {unknown}")
+    return config_type(**{**given, **values})
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line, for ``prog: error: ...`` output."""
+    return " ".join(str(error).split())

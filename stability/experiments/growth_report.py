@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from stability.records.io import (
     recorded_metrics,
     select_run,
 )
+from stability.records.runs import jsonable
 
 __all__ = [
     "MAX_HEATMAP_COLUMNS",
@@ -561,21 +562,6 @@ def _draw_coherence(ax, report: GrowthReport) -> None:
 # ---------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    """Python scalars for numpy ones; None for NaN and infinities (strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _factor_stats(growth: pd.DataFrame, factor_threshold: float) -> dict[str, Any]:
     fitted = growth[np.isfinite(growth["factor"].to_numpy())]
     stats: dict[str, Any] = {"n_steps": len(growth), "n_fitted": len(fitted)}
@@ -660,7 +646,7 @@ def summarize(report: GrowthReport, files: Sequence[Path] = ()) -> dict[str, Any
         "coherence_recorded": COHERENCE in report.recorded,
         "files": [str(p) for p in files],
     }
-    return _jsonable(summary)
+    return jsonable(summary)
 
 
 def format_summary(report: GrowthReport) -> str:

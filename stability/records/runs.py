@@ -47,6 +47,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -128,27 +129,32 @@ def _replace_atomically(tmp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf": JSON has no literal for them
+def jsonable(value: Any) -> Any:
+    """``value`` with JSON types only: the project's one JSON policy.
+
+    Mappings and sequences are converted item by item, numpy scalars become Python
+    scalars, paths strings, and non-finite floats (NaN, +-inf) ``null``: strict JSON that
+    every reader accepts (:func:`read_json` gives them back as None).
+    """
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, Path):
         return str(value)
     return value
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Mapping[str, Any]) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` via a temp file and ``os.replace``.
-
-    Non-finite floats are written as the strings ``"nan"``/``"inf"``/``"-inf"``.
-    """
+    """Write ``obj`` as strict JSON (:func:`jsonable`) via a temp file and ``os.replace``."""
     path = Path(path)
     tmp = _tmp_name(path)
     with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2)
+        json.dump(jsonable(obj), f, indent=2, allow_nan=False)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
@@ -420,17 +426,58 @@ def _moved_aside_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.old-{_stamp()}")
 
 
+def _check_writable_parent(path: Path, flag: str) -> None:
+    """A one-line error when some parent of ``path`` is a file (mkdir would raise deep inside)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{flag} {path}: {parent} is a file, not a folder")
+            return
+
+
+def new_output_dir(
+    out: str | os.PathLike | None, default_parent: str, *, flag: str = "--out"
+) -> Path:
+    """Create the output folder of an experiment: new, or existing and empty.
+
+    ``out`` None means ``<default_parent>/<timestamp>``. An existing folder that holds
+    anything, or a path that is a file or lies under one, is refused with a one-line error
+    naming ``flag``: nothing a user saved is ever overwritten.
+
+    Raises:
+        FileExistsError: ``out`` holds files or is a file.
+        NotADirectoryError: a parent of ``out`` is a file.
+    """
+    path = Path(out) if out is not None else Path(default_parent) / _stamp()
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{flag} {path} is a file; choose a new folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise FileExistsError(f"{flag} {path} already holds files; choose a new folder")
+    _check_writable_parent(path, flag)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def check_run_dir(path: str | os.PathLike, *, resume: bool = False, force: bool = False) -> None:
     """Raise if a run cannot start (or resume) in ``path``; touches nothing.
 
     Raises:
-        RunExistsError: the path exists and is not empty, without resume or force.
+        RunExistsError: the path exists and is not empty, without resume or force; it is
+            a file; or ``force`` was asked for a folder that is not a run directory.
+        NotADirectoryError: a parent of the path is a file.
         FileNotFoundError: ``resume`` of a path holding no run (no config.json).
         ValueError: both ``resume`` and ``force``.
     """
     if resume and force:
         raise ValueError("--resume continues a run and --force starts a new one; choose one")
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunExistsError(f"--out {path} is a file, not a run directory; choose a new folder")
+    _check_writable_parent(path, "--out")
+    if force and path.is_dir() and not _is_empty_dir(path) and not (path / CONFIG).is_file():
+        raise RunExistsError(
+            f"--force sets aside only a run directory; {path} holds files but no {CONFIG}"
+        )
     if resume:
         if not (path / CONFIG).is_file():
             raise FileNotFoundError(f"--resume: {path} holds no run (no {CONFIG})")
