@@ -655,11 +655,12 @@ def divergence_onset(
 ) -> Onset | None:
     """The first step and the first layer (in depth order) where training diverges.
 
-    A row *offends* when its value is non-finite (``nan``, ``+-inf``; any metric) or,
-    for the norm metrics in :data:`THRESHOLD_METRICS` (``output_norm``,
-    ``output_rms``, ``grad_norm``, ``weight_norm``), when ``|value| > threshold``.
-    ``coherence``/``coherence_mean`` (in [0, 1]), ``gain`` and any other metric are
-    checked for non-finite values only (see :data:`THRESHOLD_METRICS` for why).
+    This is the project's one divergence rule; every entry point (the linear sweep, the
+    growth report, training) uses it. A row *offends* when its value is non-finite
+    (``nan``, ``+-inf``; any metric) or, for the metrics in :data:`THRESHOLD_METRICS`
+    (``output_rms``, the batch- and size-free norm), when ``|value| > threshold``. Every
+    other metric is checked for non-finite values only (see :data:`THRESHOLD_METRICS`
+    for why).
 
     By default ``coherence``/``coherence_mean`` are not considered (see
     :data:`NOT_DIVERGENCE_METRICS`); naming them in ``metric`` checks them.

@@ -17,3 +17,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def dataset_name() -> str:
+    """``fashion-mnist`` when it is installed (``make test`` installs it), else ``synthetic``
+    (asked for by name: the code never falls back silently)."""
+    from stability.paper import data
+
+    try:
+        data.load_arrays("fashion-mnist", "test", subset=1)
+        return "fashion-mnist"
+    except FileNotFoundError:
+        return "synthetic"

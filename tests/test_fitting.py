@@ -289,10 +289,14 @@ def test_divergence_onset_threshold_and_none():
     values[6, 4] = 5e6
     values[6, 2] = 2e6
     values[8, 0] = np.nan
-    frame = make_frame(values, metric="grad_norm")
+    frame = make_frame(values, metric="output_rms")
     onset = fitting.divergence_onset(frame, threshold=1e6)
     assert (onset.step, onset.layer, onset.layer_idx) == (6, "block2.conv", 2)
-    assert (onset.reason, onset.value, onset.metric) == ("threshold", 2e6, "grad_norm")
+    assert (onset.reason, onset.value, onset.metric) == ("threshold", 2e6, "output_rms")
+    # Norms that scale with the batch, the layer size or a loss scale are judged for
+    # non-finite values only: the same values as grad_norm offend first at the NaN.
+    grads = make_frame(values, metric="grad_norm")
+    assert fitting.divergence_onset(grads, threshold=1e6).step == 8
     # A higher threshold: only the nan at step 8 remains.
     later = fitting.divergence_onset(frame, threshold=1e7)
     assert (later.step, later.layer, later.reason) == (8, "block0.conv", "non-finite")

@@ -108,11 +108,13 @@ def parse_with_preset(
 def config_from_args(config_type: type, args: argparse.Namespace, **values: Any) -> Any:
     """An instance of the dataclass ``config_type`` from the parsed arguments.
 
-    Every field whose name is an attribute of ``args`` takes that value; ``values``
-    (computed by the script) take precedence; the other fields keep their defaults.
+    Every field whose name is an attribute of ``args`` with a value other than None takes
+    that value (a flag left out, default None, keeps the config's default, so the
+    dataclass is the one place defaults are written); ``values`` (computed by the script)
+    take precedence.
     """
     names = {f.name for f in dataclasses.fields(config_type)}
-    given = {k: v for k, v in vars(args).items() if k in names}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     unknown = sorted(set(values) - names)
     if unknown:
         raise TypeError(f"{config_type.__name__} has no field(s) {unknown}")

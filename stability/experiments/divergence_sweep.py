@@ -12,17 +12,19 @@ runs of one kind are trained together as a :class:`stability.paper.stacked.Stack
 A run's initial weights and its mini-batch order depend on its seed only, so every
 learning rate starts from the same network.
 
-Divergence of a run at step ``t`` (0-based; ``t`` updates had been applied): its loss is
-non-finite, or some layer's ``output_rms`` is non-finite or exceeds ``threshold``
-(:func:`stability.fitting.divergence_onset`). A run that never diverges is censored at the
-iteration limit.
+Divergence of a run at step ``t`` (0-based; ``t`` updates had been applied): the first step
+where some recorded value is non-finite or some layer's ``output_rms`` exceeds ``threshold``
+(:func:`stability.fitting.divergence_onset`, the rule every entry point uses), or its loss
+is non-finite. A run that never diverges is censored at the iteration limit.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,11 +56,22 @@ class SweepConfig:
     warning_factor: float = 1.05
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
+    download: bool = False
+    subset: int | None = None
+    image_size: int | None = None
     device: str = "cpu"
-    extra: dict = field(default_factory=dict)
+    threads: int | None = None
+    progress: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: ``--preset quick``: a few-second version of the default sweep, for CI and a first look.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "quick": {"lrs": (1e-3, 0.1, 1.0), "seeds": (0,), "iters": 40, "subset": 4096},
+}
 
 
 def batch_indices(n_samples: int, batch_size: int, seed: int, iters: int) -> torch.Tensor:
@@ -174,10 +187,14 @@ def _still_converging(loss: torch.Tensor, logits: torch.Tensor, threshold: float
 
 
 def run_onset(records: pd.DataFrame, losses: np.ndarray, threshold: float) -> int | None:
-    """Divergence step of one run: the first non-finite loss, or the first step where some
-    layer's ``output_rms`` is non-finite or above ``threshold``; None if neither happens."""
-    rms = records[records["metric"] == "output_rms"]
-    found = fitting.divergence_onset(rms, threshold) if len(rms) else None
+    """Divergence step of one run: the project's one rule
+    (:func:`stability.fitting.divergence_onset` over every recorded metric), or the first
+    non-finite loss if that comes earlier; None if neither happens.
+
+    A non-finite loss implies non-finite logits, which the rule sees in the last layer's
+    ``output_rms`` at the same step; the loss check only guards tables recorded without it.
+    """
+    found = fitting.divergence_onset(records, threshold) if len(records) else None
     bad_loss = np.flatnonzero(~np.isfinite(losses))
     candidates = [found.step if found else None, bad_loss[0] if len(bad_loss) else None]
     steps = [int(step) for step in candidates if step is not None]
@@ -202,9 +219,7 @@ def summarize_run(
     before = max((onset - 1) if onset is not None else int(records["step"].max()), 0)
     records = records[records["step"] <= (onset if onset is not None else before)]
     growth = fitting.depth_growth(records, "output_rms").set_index("step")["factor"]
-    warning = fitting.early_warning(
-        records, config.warning_factor, threshold=config.threshold, onset_metric="output_rms"
-    )
+    warning = fitting.early_warning(records, config.warning_factor, threshold=config.threshold)
     row = {
         "diverged": onset is not None,
         "iteration": onset if onset is not None else config.iters,
@@ -269,3 +284,79 @@ def verdict(summary: pd.DataFrame, iters: int) -> str:
             f"/{len(per_lr)}"
         )
     return f"Diverged within {iters} iterations (most seeds) at learning rates: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What :func:`run` produced: the per-run summary, the output folder and timings (s)."""
+
+    summary: pd.DataFrame
+    out: Path
+    train_seconds: float
+    total_seconds: float
+
+
+def run(config: SweepConfig, out: str | Path | None = None) -> SweepResult:
+    """The whole experiment: load the data, train every norm, summarize, write, draw.
+
+    Writes into ``out`` (a new or empty folder, default ``runs/deep_linear/<timestamp>``;
+    see :func:`stability.records.runs.new_output_dir`): ``config.json``,
+    ``records.parquet``, ``losses.csv``, ``summary.csv`` and the figure with its CSVs.
+
+    Raises:
+        FileNotFoundError: the data set is not where the config says.
+        FileExistsError, NotADirectoryError: ``out`` cannot be a new output folder.
+        ValueError: a batch larger than the training set.
+    """
+    from tqdm import tqdm
+
+    from stability.experiments.divergence_figure import draw
+    from stability.paper.data import flat_training_set
+    from stability.records.runs import new_output_dir, write_json_atomic
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    x, y = flat_training_set(
+        config.dataset, config.data_dir, config.download, config.subset, config.image_size
+    )
+    if config.batch_size > len(x):
+        raise ValueError(f"--batch-size {config.batch_size} exceeds the {len(x)} training samples")
+    out = new_output_dir(out, "runs/deep_linear")
+    write_json_atomic(out / "config.json", config.to_dict())
+    torch.set_flush_denormal(True)  # tiny values near divergence must not slow the CPU down
+    started = time.perf_counter()
+    summaries, records, losses = [], [], []
+    total = len(config.norms) * config.iters
+    with tqdm(total=total, desc="sweep", unit="step", disable=not config.progress) as bar:
+        for norm in config.norms:
+            bar.set_postfix_str(f"{norm}: {len(config.lrs) * len(config.seeds)} runs")
+            sweep = train_norm(norm, x, y, config, progress=bar.update)
+            summary, kept = summarize(sweep, config)
+            summaries.append(summary)
+            records.append(kept)
+            losses.append(loss_table(sweep))
+    summary = pd.concat(summaries, ignore_index=True)
+    table = pd.concat(records, ignore_index=True)
+    table.to_parquet(out / "records.parquet", index=False)
+    pd.concat(losses, ignore_index=True).to_csv(out / "losses.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    trained = time.perf_counter() - started
+    draw(table, summary, out)
+    return SweepResult(summary, out, trained, time.perf_counter() - started)
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """Iterations to divergence: one row per learning rate, one column per norm."""
+    by = summary.groupby(["lr", "norm"], sort=False)
+    median = by["iteration"].median().unstack("norm")
+    diverged = by["diverged"].sum().unstack("norm")
+    seeds = by["seed"].count().unstack("norm")
+    norms = list(median.columns)
+    lines = ["median iterations to divergence (diverged seeds / seeds)"]
+    lines.append(f"{'lr':>10} " + " ".join(f"{n:>14}" for n in norms))
+    for lr in median.index:
+        cells = [
+            f"{median.loc[lr, n]:>6.0f} ({diverged.loc[lr, n]}/{seeds.loc[lr, n]})" for n in norms
+        ]
+        lines.append(f"{lr:>10.2g} " + " ".join(f"{c:>14}" for c in cells))
+    return "\n".join(lines)

@@ -36,15 +36,14 @@ WEIGHT_METRICS: tuple[str, ...] = ("weight_norm", "coherence", "coherence_mean")
 #: Every metric the Recorder can record, in its order.
 METRICS: tuple[str, ...] = FORWARD_METRICS + GRAD_METRICS + WEIGHT_METRICS
 
-#: Metrics to which the divergence rule's magnitude threshold applies. These are norms,
-#: which grow without bound when training diverges. ``coherence`` and ``coherence_mean``
-#: lie in [0, 1]; ``gain`` is a ratio of two norms that are both checked already, and it is
-#: legitimately huge for a layer whose input is nearly zero (e.g. after dead ReLUs), so it is
-#: checked for non-finite values only. Any metric not listed here (including user-defined
-#: ones) is likewise checked only for non-finite values.
-THRESHOLD_METRICS: frozenset[str] = frozenset(
-    {"output_norm", "output_rms", "grad_norm", "weight_norm"}
-)
+#: Metrics to which the divergence rule's magnitude threshold applies: ``output_rms`` only.
+#: It is the one norm free of the batch size and the layer size (1.0 for an ideal BN output),
+#: so one threshold means the same on every model. ``output_norm`` grows with
+#: ``sqrt(numel)`` (a healthy ResNet-50 layer at batch 256 has ``||o|| ~ 1e4``),
+#: ``weight_norm`` with the layer size, ``grad_norm`` with the fp16 loss scale (65536 by
+#: default), and ``gain`` is legitimately huge for a layer whose input is nearly zero
+#: (dead ReLUs): these, and any other metric, are judged for non-finite values only.
+THRESHOLD_METRICS: frozenset[str] = frozenset({"output_rms"})
 
 #: Metrics the divergence rule ignores: row coherence is NaN for a weight with a zero row
 #: (e.g. ``nn.Embedding(padding_idx=0)``, a zero-initialised classifier head), a healthy
