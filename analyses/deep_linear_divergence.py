@@ -35,6 +35,13 @@ from stability.paper.names import DEEP_LINEAR_NORMS
 
 PROG = "deep_linear_divergence.py"
 
+#: ``--preset quick``: a few-second version of the default sweep, for CI and a first look;
+#: any flag given beside it overrides it.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "quick": {"lrs": (1e-3, 0.1, 1.0), "seeds": (0,), "iters": 40, "subset": 4096},
+}
+
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(
@@ -88,8 +95,6 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stability.experiments.divergence_sweep import PRESETS
-
     args = parse_with_preset(build_parser(), argv, PRESETS)
     import torch
 

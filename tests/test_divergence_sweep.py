@@ -24,7 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def quick_config(dataset_name):
     return dataclasses.replace(
-        sweep.SweepConfig(), **sweep.PRESETS["quick"], dataset=dataset_name, progress=False
+        sweep.SweepConfig(),
+        lrs=(1e-3, 0.1, 1.0),
+        seeds=(0,),
+        iters=40,
+        subset=4096,
+        dataset=dataset_name,
+        progress=False,
     )
 
 

@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 
 from stability.experiments import paper_figures as mf
-from stability.paper import training as T
+from stability.paper import train as T
+from stability.paper.train.options import parse as parse_train_args
 from stability.records import runs as R
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +36,6 @@ def _load(path: Path, name: str):
     spec.loader.exec_module(module)
     return module
 
-
-train_cli = _load(ROOT / "analyses" / "train.py", "train_cli_for_figures")
 
 STEPS_PER_EPOCH = 4
 EPOCHS = 3
@@ -223,8 +222,7 @@ def test_printed_commands_give_the_preset_config(tmp_path, model, norm, preset):
     tokens = shlex.split(mf.train_command(tmp_path, model, norm, preset))
     script = tokens.index("analyses/train.py")
     assert (ROOT / tokens[script]).is_file()
-    args = train_cli.build_parser().parse_args(tokens[script + 1 :])
-    config = train_cli.make_config(args)
+    config, _ = parse_train_args(tokens[script + 1 :])
     expected = T.preset_config(model, norm, preset, out=str(tmp_path / f"{model}-{norm}-{preset}"))
     if preset == "paper" and model == "cifar10_nv":
         expected = dataclasses.replace(expected, download=True)

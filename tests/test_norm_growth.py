@@ -198,9 +198,11 @@ def test_threshold_onset_and_onset_across_metrics(tmp_path: Path) -> None:
     grad[12, 6:] = 2e6  # grad_norm crosses the threshold earlier, at layer 6
     run = save_run(tmp_path, record_table(values), record_table(grad, "grad_norm"))
 
+    # The one divergence rule thresholds output_rms only: the grad_norm of 2e6 (a value that
+    # scales with the loss scale and the batch) is not a divergence, the rms of 5e6 is.
     report = gr.build_report(run)
-    assert (report.onset.step, report.onset.layer_idx) == (12, 6)
-    assert (report.onset.metric, report.onset.reason) == ("grad_norm", "threshold")
+    assert (report.onset.step, report.onset.layer_idx) == (20, 4)
+    assert (report.onset.metric, report.onset.reason) == ("output_rms", "threshold")
 
     only_rms = gr.build_report(run, gr.ReportConfig(onset_metrics=("output_rms",)))
     assert (only_rms.onset.step, only_rms.onset.layer_idx) == (20, 4)

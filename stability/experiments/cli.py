@@ -124,3 +124,45 @@ def config_from_args(config_type: type, args: argparse.Namespace, **values: Any)
 def one_line(error: BaseException) -> str:
     """An exception's message on one line, for ``prog: error: ...`` output."""
     return " ".join(str(error).split())
+
+
+def _dataset(text: str) -> str:
+    """A data set name, canonicalised by the data code (imported only when a value is given)."""
+    from stability.paper.data import canonical_name
+
+    try:
+        return canonical_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--dataset --data-dir --download --image-size --subset`` to a script's parser.
+
+    Building the parser imports no torch (``--help`` stays instant); the flag names match
+    the ones the "data not found" messages recommend.
+    """
+    from stability.paper.names import DATA_ENV_VAR, DATASETS, SYSTEM_FASHION_MNIST
+
+    parser.add_argument(
+        "--dataset", type=_dataset, help=f"one of {', '.join(DATASETS)} (default fashion-mnist)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"searched first (must exist); then ${DATA_ENV_VAR}, the user cache, "
+        f"and for Fashion-MNIST {SYSTEM_FASHION_MNIST}",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        default=None,
+        help="let torchvision download Fashion-MNIST/CIFAR-10 if not found",
+    )
+    parser.add_argument(
+        "--image-size", type=positive_int, help="output side (default 28; 224 for ImageNet)"
+    )
+    parser.add_argument(
+        "--subset", type=positive_int, help="keep the first N samples of each split"
+    )
+    return parser  # fmt: skip

@@ -67,13 +67,6 @@ class SweepConfig:
         return asdict(self)
 
 
-#: ``--preset quick``: a few-second version of the default sweep, for CI and a first look.
-PRESETS: dict[str, dict] = {
-    "default": {},
-    "quick": {"lrs": (1e-3, 0.1, 1.0), "seeds": (0,), "iters": 40, "subset": 4096},
-}
-
-
 def batch_indices(n_samples: int, batch_size: int, seed: int, iters: int) -> torch.Tensor:
     """Mini-batch indices ``(iters, batch_size)``: successive random permutations of the data.
 
@@ -314,6 +307,8 @@ def run(config: SweepConfig, out: str | Path | None = None) -> SweepResult:
     from stability.paper.data import flat_training_set
     from stability.records.runs import new_output_dir, write_json_atomic
 
+    if config.data_dir is not None and not Path(config.data_dir).is_dir():
+        raise FileNotFoundError(f"--data-dir {config.data_dir} does not exist (or is not a folder)")
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     x, y = flat_training_set(

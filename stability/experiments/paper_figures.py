@@ -47,7 +47,7 @@ import pandas as pd
 
 from stability.experiments.cli import OneLineParser
 from stability.experiments.plotting import new_figure, norm_color, norm_label, save_figure
-from stability.paper.training import PRESETS, preset_config, run_name, train
+from stability.paper.train import PRESETS, preset_config, run_name, train
 from stability.records.runs import CONFIG, DIVERGENCE, HISTORY, RECORDS, read_json
 
 #: Paper-scale ResNet-50 runs: 4 GPUs x 64 images, as in the paper (footnote 4).

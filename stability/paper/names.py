@@ -10,3 +10,12 @@ NORM_KINDS: tuple[str, ...] = ("none", "bn", "wn", "np", "trelu")
 
 #: Kinds meaningful for a purely linear network (NP and TReLU are activations).
 DEEP_LINEAR_NORMS: tuple[str, ...] = ("none", "bn", "wn")
+
+#: Data sets the loaders accept; ``fashion-mnist`` is the default (``synthetic`` only by name).
+DATASETS: tuple[str, ...] = ("fashion-mnist", "cifar10", "imagenet", "synthetic")
+
+#: Environment variable naming a folder searched for data sets after ``--data-dir``.
+DATA_ENV_VAR = "NORMSTAB_DATA"
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the idx files.
+SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"

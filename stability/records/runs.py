@@ -1,6 +1,6 @@
 """The run directory of one training run: config, history, records, checkpoints.
 
-Layout of ``runs/<name>/`` (written by :func:`stability.paper.training.train`)::
+Layout of ``runs/<name>/`` (written by :func:`stability.paper.train.train`)::
 
     config.json            the full TrainConfig (flat) plus a "meta" entry (world size,
                            steps per epoch, torch version, command line, data set info)
@@ -14,7 +14,7 @@ Layout of ``runs/<name>/`` (written by :func:`stability.paper.training.train`)::
     checkpoint.pt          the latest checkpoint (atomic: temp file + fsync + os.replace)
     checkpoint.prev.pt     the one before it, the fallback when the latest is unreadable
     status.json            {"state": running|stopped|finished|diverged, "epoch", "step", ...}
-    divergence.json        only when the loss went non-finite (see training.py)
+    divergence.json        only when the loss went non-finite (stability.paper.train.loop)
     stale/<timestamp>/     history or record parts set aside on resume (never deleted)
 
 ``pd.read_parquet(run / "records.parquet")`` reads every part as one table (pyarrow
@@ -22,19 +22,13 @@ ignores the hidden ``.tmp`` files and the ``stale`` folder is outside the datase
 Because a part only appears by ``os.replace`` of a complete file, a run killed at any
 moment (even SIGKILL) leaves a readable prefix of its records.
 
-Consistency on resume. The checkpoint is the source of truth: it holds every history
-row written so far and the number of record parts written. At the end of an epoch the
-order is *part -> checkpoint -> history row*. A crash between the part and the
-checkpoint leaves a part the checkpoint does not know: on resume it is moved to
-``stale/`` (the epoch is re-run and writes it again). A crash between the checkpoint
-and the history row leaves history.csv one row short: on resume the row is appended
-from the checkpoint. A history with *more* rows than the checkpoint (possible only after
-falling back to ``checkpoint.prev.pt``) is copied to ``stale/`` and rewritten with the
-checkpoint's rows. Nothing is ever deleted.
+The checkpoint files, and how history and parts are made to agree with a checkpoint on
+resume, belong to training: :mod:`stability.paper.train.checkpoint`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -45,10 +39,12 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CHECKPOINT",
@@ -62,8 +58,12 @@ __all__ = [
     "RunDir",
     "RunExistsError",
     "check_run_dir",
+    "jsonable",
+    "new_output_dir",
     "open_run",
     "read_json",
+    "replace_atomically",
+    "tmp_name",
     "write_json_atomic",
 ]
 
@@ -82,18 +82,9 @@ STALE = "stale"
 #: evaluation since the run began (summed over resumes), ``amp_scale`` the fp16 loss
 #: scale at the end of the epoch (1 without a GradScaler).
 HISTORY_COLUMNS: tuple[str, ...] = (
-    "epoch",
-    "step",
-    "lr",
-    "train_loss",
-    "train_top1",
-    "train_top5",
-    "test_loss",
-    "test_top1",
-    "test_top5",
-    "seconds",
-    "amp_scale",
-)
+    "epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "test_loss", "test_top1",
+    "test_top5", "seconds", "amp_scale",
+)  # fmt: skip
 
 _PART = re.compile(r"^part-(\d{5,})(?:-rank(\d+))?\.parquet$")
 
@@ -107,24 +98,21 @@ class RunExistsError(FileExistsError):
 
 def _fsync_dir(path: Path) -> None:
     """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def _tmp_name(path: Path) -> Path:
+def tmp_name(path: Path) -> Path:
     """A hidden sibling temp path (ignored by pyarrow's dataset discovery)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _replace_atomically(tmp: Path, path: Path) -> None:
+def replace_atomically(tmp: Path, path: Path) -> None:
+    """Rename the complete file ``tmp`` to ``path`` (``os.replace``) and fsync the folder."""
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -152,13 +140,13 @@ def jsonable(value: Any) -> Any:
 def write_json_atomic(path: str | os.PathLike, obj: Mapping[str, Any]) -> Path:
     """Write ``obj`` as strict JSON (:func:`jsonable`) via a temp file and ``os.replace``."""
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     with open(tmp, "w") as f:
         json.dump(jsonable(obj), f, indent=2, allow_nan=False)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-    _replace_atomically(tmp, path)
+    replace_atomically(tmp, path)
     return path
 
 
@@ -183,33 +171,20 @@ class RunDir:
         rank: this process's rank; only rank 0 writes shared files (config, history,
             checkpoint, status), every rank writes its own record parts.
         world_size: number of processes; above 1 parts are named ``...-rank{r}.parquet``.
+
+    Attributes ``config_path``, ``history_path``, ``records_path``, ``checkpoint_path`` and
+    ``previous_checkpoint_path`` are the files of the layout.
     """
 
     def __init__(self, path: str | os.PathLike, rank: int = 0, world_size: int = 1) -> None:
         self.path = Path(path)
         self.rank = rank
         self.world_size = world_size
-
-    # ---------------------------------------------------------------- paths
-    @property
-    def config_path(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def history_path(self) -> Path:
-        return self.path / HISTORY
-
-    @property
-    def records_path(self) -> Path:
-        return self.path / RECORDS
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.path / CHECKPOINT
-
-    @property
-    def previous_checkpoint_path(self) -> Path:
-        return self.path / PREVIOUS_CHECKPOINT
+        self.config_path = self.path / CONFIG
+        self.history_path = self.path / HISTORY
+        self.records_path = self.path / RECORDS
+        self.checkpoint_path = self.path / CHECKPOINT
+        self.previous_checkpoint_path = self.path / PREVIOUS_CHECKPOINT
 
     def part_path(self, index: int, rank: int | None = None) -> Path:
         """``records.parquet/part-{index:05d}[-rank{r}].parquet``."""
@@ -242,35 +217,29 @@ class RunDir:
         """Append one row to history.csv (header first if the file is new); flush + fsync."""
         new = not self.history_path.exists() or self.history_path.stat().st_size == 0
         with open(self.history_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _csv_value(row.get(k)) for k in HISTORY_COLUMNS})
-            f.flush()
-            os.fsync(f.fileno())
+            _write_rows(f, [row], header=new)
 
     def read_history(self) -> pd.DataFrame:
         """history.csv as a DataFrame (empty, with the columns, if absent)."""
+        import pandas as pd  # not at import time: command-line parsers use this module
+
         if not self.history_path.exists() or self.history_path.stat().st_size == 0:
             return pd.DataFrame(columns=list(HISTORY_COLUMNS))
         return pd.read_csv(self.history_path)
 
-    def _history_row_count(self) -> int:
+    def count_history_rows(self) -> int:
+        """Data rows in history.csv (0 if absent), without parsing them."""
         if not self.history_path.exists():
             return 0
         with open(self.history_path, newline="") as f:
             return max(0, sum(1 for _ in csv.reader(f)) - 1)
 
-    def _write_history(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        tmp = _tmp_name(self.history_path)
+    def rewrite_history(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Replace history.csv by ``rows``, atomically."""
+        tmp = tmp_name(self.history_path)
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: _csv_value(row.get(k)) for k in HISTORY_COLUMNS})
-            f.flush()
-            os.fsync(f.fileno())
-        _replace_atomically(tmp, self.history_path)
+            _write_rows(f, rows, header=True)
+        replace_atomically(tmp, self.history_path)
 
     # ---------------------------------------------------------------- records
     def write_part(self, frame: pd.DataFrame, index: int) -> Path | None:
@@ -288,11 +257,11 @@ class RunDir:
         if path.exists():
             raise FileExistsError(f"{path} exists; record parts are never overwritten")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_name(path)
+        tmp = tmp_name(path)
         frame.to_parquet(tmp, index=False)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        _replace_atomically(tmp, path)
+        replace_atomically(tmp, path)
         return path
 
     def parts(self, rank: int | None = None) -> list[tuple[int, Path]]:
@@ -311,108 +280,34 @@ class RunDir:
 
     def read_records(self, **kwargs: Any) -> pd.DataFrame:
         """Every record part as one DataFrame (``pd.read_parquet`` on the directory)."""
+        import pandas as pd
+
         return pd.read_parquet(self.records_path, **kwargs)
 
     # ---------------------------------------------------------------- stale files
-    def _stale_dir(self) -> Path:
-        path = self.path / STALE / _stamp()
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     def set_aside(self, paths: Iterable[Path], why: str) -> list[Path]:
         """Move ``paths`` into ``stale/<timestamp>/`` (never deleting them); warn once."""
         paths = [p for p in paths if p.exists()]
         if not paths:
             return []
-        target = self._stale_dir()
-        moved = []
-        for p in paths:
-            dest = target / p.name
-            shutil.move(str(p), dest)
-            moved.append(dest)
+        target = self.path / STALE / _stamp()
+        target.mkdir(parents=True, exist_ok=True)
+        moved = [Path(shutil.move(str(p), target / p.name)) for p in paths]
         warnings.warn(f"{why}: moved {', '.join(p.name for p in paths)} to {target}", stacklevel=2)
         return moved
 
-    def reconcile(self, history: Sequence[Mapping[str, Any]], parts_written: int) -> None:
-        """Make history.csv and records.parquet agree with a checkpoint (see module docs).
 
-        Args:
-            history: the history rows the checkpoint holds.
-            parts_written: how many parts (per rank) the checkpoint knows of.
-        """
-        stale = [p for i, p in self.parts(rank=-1) if i >= parts_written]
-        if self.rank == 0:
-            self.set_aside(stale, f"record parts written after the checkpoint ({self.path})")
-            n_file = self._history_row_count()
-            if n_file > len(history):
-                self.set_aside(
-                    [self.history_path],
-                    f"history.csv has {n_file} rows, the checkpoint {len(history)}",
-                )
-                self._write_history(history)
-            elif n_file < len(history):
-                if n_file == 0:
-                    self._write_history(history)
-                else:
-                    for row in history[n_file:]:
-                        self.append_history(row)
-
-    # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, state: Mapping[str, Any]) -> Path:
-        """Save ``state`` with ``torch.save`` atomically, keeping the previous one.
-
-        Order: write ``.checkpoint.pt.tmp-<pid>``, fsync, move ``checkpoint.pt`` to
-        ``checkpoint.prev.pt``, rename the temp file to ``checkpoint.pt``. At every moment
-        at least one complete checkpoint exists.
-        """
-        import torch
-
-        tmp = _tmp_name(self.checkpoint_path)
-        with open(tmp, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        if self.checkpoint_path.exists():
-            os.replace(self.checkpoint_path, self.previous_checkpoint_path)
-        _replace_atomically(tmp, self.checkpoint_path)
-        return self.checkpoint_path
-
-    def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any] | None:
-        """The latest readable checkpoint, or None if there is none.
-
-        A missing, truncated or corrupt ``checkpoint.pt`` falls back to
-        ``checkpoint.prev.pt`` with a warning. Loaded with ``weights_only=True`` (the
-        state holds tensors, numbers, strings and containers only).
-
-        Raises:
-            RuntimeError: both checkpoints exist but neither can be read.
-        """
-        import torch
-
-        errors = []
-        for path in (self.checkpoint_path, self.previous_checkpoint_path):
-            if not path.exists():
-                continue
-            try:
-                state = torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as exc:  # truncated zip, bad pickle, ... come in many types
-                errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
-                continue
-            if errors or path != self.checkpoint_path:
-                why = "; ".join(errors) or f"{CHECKPOINT} is missing"
-                warnings.warn(f"{why}; resuming from {path}", stacklevel=2)
-            return state
-        if errors:
-            raise RuntimeError(
-                "no readable checkpoint in " + str(self.path) + ": " + "; ".join(errors)
-            )
-        return None
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, float):
-        return repr(value)  # round-trips exactly
-    return value
+def _write_rows(f: Any, rows: Iterable[Mapping[str, Any]], header: bool) -> None:
+    """Write history rows (floats as ``repr``: they round-trip exactly); flush + fsync."""
+    writer = csv.DictWriter(f, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {k: repr(v) if isinstance(v := row.get(k), float) else v for k in HISTORY_COLUMNS}
+        )
+    f.flush()
+    os.fsync(f.fileno())
 
 
 # --------------------------------------------------------------------------- opening
@@ -420,10 +315,6 @@ def _csv_value(value: Any) -> Any:
 
 def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
-
-
-def _moved_aside_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.old-{_stamp()}")
 
 
 def _check_writable_parent(path: Path, flag: str) -> None:
@@ -482,6 +373,8 @@ def check_run_dir(path: str | os.PathLike, *, resume: bool = False, force: bool 
         if not (path / CONFIG).is_file():
             raise FileNotFoundError(f"--resume: {path} holds no run (no {CONFIG})")
     elif path.exists() and not _is_empty_dir(path) and not force:
+        if not (path / CONFIG).is_file():
+            raise RunExistsError(f"--out {path} holds files but no {CONFIG}; choose a new folder")
         raise RunExistsError(
             f"{path} already holds a run; pass --resume to continue it or --force to "
             "start a new one (the old one is then renamed, not deleted)"
@@ -517,7 +410,7 @@ def open_run(
     if resume:
         return run
     if path.exists() and not _is_empty_dir(path):
-        aside = _moved_aside_name(path)
+        aside = path.with_name(f"{path.name}.old-{_stamp()}")
         os.replace(path, aside)
         warnings.warn(f"--force: moved the existing run {path} to {aside}", stacklevel=2)
     path.mkdir(parents=True, exist_ok=True)

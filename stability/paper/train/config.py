@@ -1,0 +1,312 @@
+r"""What defines a training run: :class:`TrainConfig` and the paper's presets.
+
+:func:`preset_config` encodes the paper's hyper-parameters per model and normalization
+(section 4.1 and footnote 3 for cifar10-nv, section 4.2 and footnote 4 for ResNet-50) and
+a few-minute CPU version of them (``smoke``). A config is frozen; ``config.json`` of a run
+holds :meth:`TrainConfig.to_dict`. A resumed run continues its stored config, where only
+:data:`RUNTIME_FIELDS` (where and how it runs, not what it computes) may change
+(:func:`resumed_config`).
+
+Importing this module loads no torch, so command-line parsers can use it; the data set
+name is checked by :func:`stability.paper.data.canonical_name` when a config is made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from stability.paper.names import NORM_KINDS
+
+__all__ = [
+    "AMP_MODES",
+    "MODELS",
+    "PRESETS",
+    "RUNTIME_FIELDS",
+    "SCHEDULES",
+    "TrainConfig",
+    "preset_config",
+    "resumed_config",
+    "run_name",
+]
+
+MODELS: tuple[str, ...] = ("cifar10_nv", "resnet50")
+SCHEDULES: tuple[str, ...] = ("linear", "poly")
+AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
+PRESETS: tuple[str, ...] = ("paper", "smoke")
+
+#: Fields that may differ when a run is resumed: where and how it runs, not what it
+#: computes (``compile`` can change rounding, not the maths).
+RUNTIME_FIELDS: frozenset[str] = frozenset(
+    {"device", "num_workers", "compile", "check_every", "out", "data_dir", "download"}
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    r"""Everything that defines one training run (written to ``config.json``).
+
+    Attributes:
+        model: ``cifar10_nv`` or ``resnet50``.
+        norm: one of :data:`stability.paper.names.NORM_KINDS`.
+        dataset: one of :data:`stability.paper.data.DATASETS`.
+        data_dir: searched first for the data (see :mod:`stability.paper.data`).
+        download: let torchvision download Fashion-MNIST / CIFAR-10 if missing.
+        image_size: input side (None: the data set's default, 28 or 224).
+        subset: ``(n_train, n_test)`` first samples kept (an int sets both); None: all.
+        epochs: training epochs.
+        batch_size: global mini-batch (split evenly over DDP processes).
+        lr: initial learning rate :math:`\eta_0`.
+        schedule: ``linear`` or ``poly`` (see :mod:`stability.paper.train.schedules`).
+        power: exponent :math:`p` of ``poly``.
+        final_lr: :math:`\eta_T`, the learning rate after the last step.
+        wd: weight decay (L2, SGD's ``weight_decay``, on every parameter as in Caffe).
+        momentum: SGD momentum.
+        seed: seeds model init, data order and augmentation.
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``, ...
+        amp: ``none``, ``bf16`` or ``fp16`` (with a GradScaler).
+        compile: wrap the model in :func:`torch.compile`.
+        channels_last: channels_last memory format; None: on CUDA only.
+        deterministic: deterministic algorithms, no cuDNN autotuning.
+        num_workers: loader worker processes (None: :func:`stability.paper.data.make_loader`'s).
+        record: attach the Recorder.
+        record_every: forward/gradient metrics every this many steps.
+        weight_every: weight metrics (norm, coherence) every this many steps.
+        include: glob(s) of layer names to record (None: every conv/linear layer).
+        exclude: glob(s) of layer names not to record.
+        check_every: read the loss sums/non-finite flag every this many steps.
+        out: the run directory.
+        preset: the preset the config came from (informational).
+    """
+
+    model: str = "cifar10_nv"
+    norm: str = "bn"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    image_size: int | None = None
+    subset: tuple[int, int] | None = None
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 0.01
+    schedule: str = "linear"
+    power: float = 2.0
+    final_lr: float = 1e-5
+    wd: float = 0.0
+    momentum: float = 0.9
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    compile: bool = False
+    channels_last: bool | None = None
+    deterministic: bool = False
+    num_workers: int | None = None
+    record: bool = True
+    record_every: int = 1
+    weight_every: int = 100
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
+    check_every: int = 10
+    out: str = "runs/run"
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        from stability.paper.data import canonical_name  # only now: parsers import this module
+
+        set_ = partial(object.__setattr__, self)
+        _choice("model", self.model, MODELS)
+        _choice("normalization kind", self.norm, NORM_KINDS)
+        set_("dataset", canonical_name(self.dataset))
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("amp mode", self.amp, AMP_MODES)
+        if self.preset is not None:
+            _choice("preset", self.preset, PRESETS)
+        for name in ("epochs", "batch_size", "record_every", "weight_every", "check_every"):
+            _positive_int(name, getattr(self, name))
+        if self.image_size is not None:
+            _positive_int("image_size", self.image_size)
+        if self.num_workers is not None and (
+            not isinstance(self.num_workers, int) or self.num_workers < 0
+        ):
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (math.isfinite(self.final_lr) and 0 <= self.final_lr <= self.lr):
+            raise ValueError(f"final_lr must be in [0, lr={self.lr}], got {self.final_lr!r}")
+        if not (math.isfinite(self.power) and self.power > 0):
+            raise ValueError(f"power must be a positive number, got {self.power!r}")
+        if not (math.isfinite(self.wd) and self.wd >= 0):
+            raise ValueError(f"wd must be >= 0, got {self.wd!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.model == "cifar10_nv" and self.image_size not in (None, 28):
+            raise ValueError(f"cifar10_nv takes 28x28 inputs (Table 2), not {self.image_size}")
+        set_("subset", _subset_pair(self.subset))
+        set_("include", _globs(self.include))
+        set_("exclude", _globs(self.exclude))
+        if self.data_dir is not None:
+            set_("data_dir", str(self.data_dir))
+        set_("out", str(self.out))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys (e.g. ``meta``) are ignored."""
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in names}
+        for key in ("subset", "include", "exclude"):
+            if isinstance(kwargs.get(key), list):
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+    def differences(
+        self, other: TrainConfig, ignore: frozenset[str] = RUNTIME_FIELDS
+    ) -> dict[str, tuple[Any, Any]]:
+        """``{field: (self's, other's)}`` for fields that differ, except ``ignore``."""
+        return {
+            f.name: (getattr(self, f.name), getattr(other, f.name))
+            for f in fields(self)
+            if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
+        }
+
+
+def _choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _subset_pair(subset: Any) -> tuple[int, int] | None:
+    if subset is None:
+        return None
+    pair = (subset, subset) if isinstance(subset, int) else tuple(subset)
+    if len(pair) != 2:
+        raise ValueError(f"subset must be an int or a pair (n_train, n_test), got {subset!r}")
+    for n in pair:
+        _positive_int("subset", n)
+    return (int(pair[0]), int(pair[1]))
+
+
+def _globs(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def resumed_config(
+    stored: TrainConfig, given: TrainConfig, where: str, name: Callable[[str], str] = str
+) -> TrainConfig:
+    """The config a resumed run continues with: ``stored``, with ``given``'s runtime fields.
+
+    Args:
+        stored: the run's config.json.
+        given: the config asked for now.
+        where: the run directory, for the message.
+        name: how a field is named in the message (e.g. as a command-line flag).
+
+    Raises:
+        ValueError: naming every field outside :data:`RUNTIME_FIELDS` that differs.
+    """
+    changed = stored.differences(given)
+    if changed:
+        shown = ", ".join(f"{name(k)} (stored {a!r}, given {b!r})" for k, (a, b) in changed.items())
+        raise ValueError(f"--resume continues the stored config of {where}; cannot change {shown}")
+    return replace(stored, **{k: getattr(given, k) for k in RUNTIME_FIELDS})
+
+
+def run_name(model: str, norm: str, preset: str) -> str:
+    """The conventional run directory name, ``<model>-<norm>-<preset>``."""
+    return f"{model}-{norm}-{preset}"
+
+
+# --------------------------------------------------------------------------- presets
+
+# cifar10-nv, section 4.1 and footnote 3: schedule, final lr and weight decay per norm.
+_CIFAR_PER_NORM: dict[str, dict[str, Any]] = {
+    "np": {"schedule": "poly", "power": 2.0, "final_lr": 1e-5, "wd": 1e-3},
+    "trelu": {"schedule": "poly", "power": 2.0, "final_lr": 1e-5, "wd": 1e-3},
+    "wn": {"schedule": "linear", "final_lr": 1e-4, "wd": 0.0},
+    "bn": {"schedule": "linear", "final_lr": 1e-5, "wd": 2e-3},
+    "none": {"schedule": "linear", "final_lr": 1e-5, "wd": 0.0},
+}
+_CIFAR_PAPER = {"dataset": "cifar10", "epochs": 256, "batch_size": 128, "lr": 0.01}
+# ResNet-50, section 4.2 and footnote 4 (the same for every norm).
+_RESNET_PAPER = {
+    "dataset": "imagenet",
+    "epochs": 120,
+    "batch_size": 256,
+    "lr": 0.1,
+    "schedule": "poly",
+    "power": 2.0,
+    "final_lr": 0.0,
+    "wd": 1e-4,
+}
+# Smoke runs: Fashion-MNIST subsets, a few minutes on a 2-core CPU. ResNet-50's learning
+# rate is the paper's scaled linearly with the batch (0.1 * 32 / 256).
+_SMOKE = {
+    "cifar10_nv": {
+        "dataset": "fashion-mnist",
+        "subset": (384, 256),
+        "epochs": 3,
+        "batch_size": 64,
+        "weight_every": 2,
+    },
+    "resnet50": {
+        "dataset": "fashion-mnist",
+        "image_size": 28,
+        "subset": (384, 256),
+        "epochs": 3,
+        "batch_size": 32,
+        "lr": 0.1 * 32 / 256,
+        "weight_every": 3,
+    },
+}
+
+
+def preset_config(model: str, norm: str, preset: str = "paper", **overrides: Any) -> TrainConfig:
+    """The paper's hyper-parameters for ``model`` and ``norm`` (or the smoke version).
+
+    ``paper``:
+
+    * cifar10-nv (section 4.1, footnote 3): CIFAR-10, SGD momentum 0.9, 256 epochs,
+      batch 128, lr 0.01; NP and TReLU: poly decay, power 2, to 1e-5, wd 1e-3; WN:
+      linear to 1e-4, no wd; BN: linear to 1e-5, wd 2e-3; none: linear to 1e-5, no wd.
+    * ResNet-50 (section 4.2, footnote 4): ImageNet, 120 epochs, batch 256 (global),
+      lr 0.1, poly power 2 to 0, wd 1e-4, for every norm.
+
+    ``smoke``: the same optimizer settings on Fashion-MNIST subsets for a few epochs, so a
+    run takes a minute or two on a 2-core CPU: cifar10-nv on 384/256 images (batch 64,
+    3 epochs, weight metrics every 2 steps); ResNet-50 at 28 x 28 on 384/256 images
+    (batch 32, 3 epochs, lr 0.0125 = 0.1 * 32/256, weight metrics every 3 steps), so the
+    coherence curves have points.
+
+    Both use Xavier initialization (built into the model factories), seed 0 and
+    ``out = runs/<model>-<norm>-<preset>``. ``overrides`` replace any field.
+
+    Raises:
+        ValueError: unknown model, norm or preset, or a bad override.
+    """
+    _choice("model", model, MODELS)
+    _choice("normalization kind", norm, NORM_KINDS)
+    _choice("preset", preset, PRESETS)
+    values: dict[str, Any] = {"model": model, "norm": norm, "momentum": 0.9, "preset": preset}
+    if model == "cifar10_nv":
+        values |= _CIFAR_PAPER | _CIFAR_PER_NORM[norm]
+    else:
+        values |= _RESNET_PAPER
+    if preset == "smoke":
+        values |= _SMOKE[model]
+    values["out"] = str(Path("runs") / run_name(model, norm, preset))
+    values |= overrides
+    return TrainConfig(**values)
