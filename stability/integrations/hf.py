@@ -25,9 +25,6 @@ its warnings through the Trainer: a log line, an entry ``{"normstab_warning": me
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from stability.integrations import missing_extra
@@ -37,14 +34,12 @@ try:
 except ImportError as error:
     raise missing_extra("hf", error) from None
 
-from stability.integrations.session import Alert, RecordingSession, log
-from stability.integrations.sinks import Sink
-from stability.records.recorder import Recorder
+from stability.integrations.session import SessionCallback, log
 
 __all__ = ["RecorderCallback"]
 
 
-class RecorderCallback(TrainerCallback):
+class RecorderCallback(SessionCallback, TrainerCallback):
     """Record the training with a :class:`~stability.records.recorder.Recorder`.
 
     Args:
@@ -63,32 +58,6 @@ class RecorderCallback(TrainerCallback):
         saved_path: where its table was saved.
         alerts: the monitor's warnings of the last training.
     """
-
-    def __init__(
-        self,
-        *,
-        save: bool | str | os.PathLike = True,
-        sinks: Iterable[Sink] = (),
-        monitor: Callable[..., Any] | None = None,
-        stop_on_warning: bool = True,
-        checkpoint_on_warning: bool = True,
-        **recorder_options: Any,
-    ) -> None:
-        self.session = RecordingSession(recorder_options, save=save, sinks=sinks, monitor=monitor)
-        self.stop_on_warning = bool(stop_on_warning)
-        self.checkpoint_on_warning = bool(checkpoint_on_warning)
-
-    @property
-    def recorder(self) -> Recorder | None:
-        return self.session.recorder
-
-    @property
-    def saved_path(self) -> Path | None:
-        return self.session.saved_path
-
-    @property
-    def alerts(self) -> list[Alert]:
-        return self.session.alerts
 
     # ------------------------------------------------------------------ events
     def on_train_begin(

@@ -27,8 +27,6 @@ Steps count from 0 at each fit start (a resumed fit starts again at 0).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +40,12 @@ except ImportError as error:
     except ImportError:
         raise missing_extra("lightning", error) from None
 
-from stability.integrations.session import Alert, RecordingSession, free_path, log
-from stability.integrations.sinks import Sink
-from stability.records.recorder import Recorder
+from stability.integrations.session import Alert, SessionCallback, free_path, log
 
 __all__ = ["RecorderCallback"]
 
 
-class RecorderCallback(pl.Callback):
+class RecorderCallback(SessionCallback, pl.Callback):
     """Record the fit with a :class:`~stability.records.recorder.Recorder`.
 
     Args:
@@ -68,34 +64,6 @@ class RecorderCallback(pl.Callback):
         saved_path: where its table was saved.
         alerts: the monitor's warnings of the last fit.
     """
-
-    def __init__(
-        self,
-        *,
-        save: bool | str | os.PathLike = True,
-        sinks: Iterable[Sink] = (),
-        monitor: Callable[..., Any] | None = None,
-        stop_on_warning: bool = True,
-        checkpoint_on_warning: bool = True,
-        **recorder_options: Any,
-    ) -> None:
-        super().__init__()
-        self.session = RecordingSession(recorder_options, save=save, sinks=sinks, monitor=monitor)
-        self.stop_on_warning = bool(stop_on_warning)
-        self.checkpoint_on_warning = bool(checkpoint_on_warning)
-        self._log_dir: Path | None = None
-
-    @property
-    def recorder(self) -> Recorder | None:
-        return self.session.recorder
-
-    @property
-    def saved_path(self) -> Path | None:
-        return self.session.saved_path
-
-    @property
-    def alerts(self) -> list[Alert]:
-        return self.session.alerts
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -235,3 +235,45 @@ class RecordingSession:
         alert = Alert(step=step, message=str(warning), warning=warning)
         self.alerts.append(alert)
         self._queue.append(alert)
+
+
+class SessionCallback:
+    """What the Lightning and HF callbacks share: their options and the session's results.
+
+    Mixed in before the framework's callback base, so ``super().__init__()`` reaches it.
+
+    Args:
+        save: True (default file in the run's log/output dir), False, or a path.
+        sinks: sinks fed with each flushed batch of records.
+        monitor: factory ``monitor(recorder, on_warning=handler)`` of a live monitor.
+        stop_on_warning: stop training when the monitor warns.
+        checkpoint_on_warning: save a checkpoint when the monitor warns.
+        **recorder_options: any :class:`~stability.Recorder` keyword.
+    """
+
+    def __init__(
+        self,
+        *,
+        save: bool | str | os.PathLike = True,
+        sinks: Iterable[Sink] = (),
+        monitor: Callable[..., Any] | None = None,
+        stop_on_warning: bool = True,
+        checkpoint_on_warning: bool = True,
+        **recorder_options: Any,
+    ) -> None:
+        super().__init__()
+        self.session = RecordingSession(recorder_options, save=save, sinks=sinks, monitor=monitor)
+        self.stop_on_warning = bool(stop_on_warning)
+        self.checkpoint_on_warning = bool(checkpoint_on_warning)
+
+    @property
+    def recorder(self) -> Recorder | None:
+        return self.session.recorder
+
+    @property
+    def saved_path(self) -> Path | None:
+        return self.session.saved_path
+
+    @property
+    def alerts(self) -> list[Alert]:
+        return self.session.alerts
