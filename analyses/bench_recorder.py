@@ -1,13 +1,110 @@
 #!/usr/bin/env python
-"""Recorder overhead benchmark.
+"""Recorder overhead vs no hooks and an ``.item()`` baseline; host syncs (CUDA) and memory.
 
-The work is done by :mod:`stability.experiments.bench_recorder`;
-run with ``--help`` for the options.
+    python analyses/bench_recorder.py --preset quick   # CI, well under a minute on 2 cores
+    python analyses/bench_recorder.py                  # the full benchmark (minutes on CPU)
+    git show HEAD:stability/records/recorder.py > /tmp/recorder_before.py
+    python analyses/bench_recorder.py --compare-with /tmp/recorder_before.py
+
+The method and the files written: :mod:`stability.experiments.bench_recorder`.
+Errors are one line on stderr with exit status 2.
 """
 
-import sys
+from __future__ import annotations
 
-from stability.experiments.bench_recorder import main
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from stability.experiments.bench_recorder import PRESETS, WORKLOADS, BenchConfig, run
+from stability.experiments.cli import (
+    OneLineParser,
+    comma_list,
+    config_from_args,
+    nonnegative_int,
+    one_line,
+    one_of,
+    parse_with_preset,
+    positive_int,
+)
+
+PROG = "bench_recorder.py"
+
+
+def _steps_per_block(text: str) -> int:
+    value = positive_int(text)
+    if value % 10:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 10, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (imports nothing heavy)."""
+    default = BenchConfig()
+    p = OneLineParser(
+        prog=PROG,
+        description="Recorder overhead vs no hooks and an .item() baseline, interleaved in one "
+        "process; host syncs (CUDA) and memory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = p.add_argument
+    add(
+        "--preset",
+        choices=list(PRESETS),
+        default=default.preset,
+        help="quick: small sizes, few rounds, 1000 memory steps and no judged timing targets "
+        "(for CI); flags given override it",
+    )
+    add("--out", type=Path, default=None, help="output folder, new or empty (runs/bench/<time>)")
+    add("--device", default=None, help="torch device; cuda when available, else cpu")
+    add(
+        "--threads",
+        type=positive_int,
+        default=default.threads,
+        help="torch.set_num_threads (1: on a shared CPU a second intra-op thread makes every "
+        "parallel op wait for a time slice, and the timings measure the scheduler)",
+    )
+    add(
+        "--workloads",
+        type=comma_list(one_of(WORKLOADS, "workload")),
+        default=default.workloads,
+        help=f"comma-separated subset of {', '.join(WORKLOADS)}",
+    )
+    add("--rounds", type=positive_int, default=None, help="measured rounds (workload's own)")
+    add("--steps", type=_steps_per_block, default=None, help="timed steps per block, x10")
+    add(
+        "--memory-steps",
+        type=nonnegative_int,
+        default=default.memory_steps,
+        help="steps of the memory check (quick: 1000; 0 skips it)",
+    )
+    add("--sync-steps", type=positive_int, default=default.sync_steps, help="sync-count steps")
+    add(
+        "--compare-with",
+        type=Path,
+        default=None,
+        help="another recorder.py (e.g. from git show) timed as one more variant",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, print; returns the exit status (0, or 2 on an error)."""
+    try:
+        args = parse_with_preset(build_parser(), argv, PRESETS)
+    except SystemExit as done:  # --help, or a usage error already printed on one line
+        return int(done.code or 0)
+    try:
+        result = run(config_from_args(BenchConfig, args))
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    print()
+    print(result.report)
+    print(f"done in {result.seconds:.0f} s; results in {result.out}/")
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

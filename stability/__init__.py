@@ -2,8 +2,9 @@
 
 Importing this package has no side effects and imports nothing heavy: the public names
 are loaded on first use (PEP 562), so command-line tools that only parse arguments stay
-instant. The public entry points are :class:`stability.Recorder` and the
-:mod:`stability.fitting` and :mod:`stability.metrics` modules.
+instant. The public entry points are :class:`stability.Recorder`, the live divergence
+monitor :class:`stability.Monitor`, and the :mod:`stability.fitting` and
+:mod:`stability.metrics` modules.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stability import fitting, metrics
+    from stability.monitor import Monitor
     from stability.records.recorder import Recorder
 
-__all__ = ["Recorder", "fitting", "metrics"]
+__all__ = ["Monitor", "Recorder", "fitting", "metrics"]
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Monitor": ("stability.monitor", "Monitor"),
     "Recorder": ("stability.records.recorder", "Recorder"),
     "fitting": ("stability.fitting", None),
     "metrics": ("stability.metrics", None),

@@ -242,7 +242,7 @@ def test_time_growth_sliding_window_chunked(monkeypatch):
     v = geometric_values(1, 300, 1.002, sigma=0.05, seed=8)[0]
     frame = make_frame(v[:, None], names=["fc"])
     whole = fitting.time_growth(frame, "fc", window=25)
-    monkeypatch.setattr(fitting, "_CHUNK_CELLS", 50)
+    monkeypatch.setattr(fitting.regression, "_CHUNK_CELLS", 50)
     chunked = fitting.time_growth(frame, "fc", window=25)
     pd.testing.assert_frame_equal(whole, chunked)
 
@@ -324,11 +324,11 @@ def test_divergence_onset_metric_scope():
 
 
 # ---------------------------------------------------------------------------------
-# early_warning
+# depth_factor_crossing (the fixed-factor rule; the detector is tested in test_warning.py)
 # ---------------------------------------------------------------------------------
 
 
-def test_early_warning_lead():
+def test_depth_factor_crossing_lead():
     # Per-layer factor rises linearly from 1.00 at step 0 by 0.01 per step (noise free),
     # so it first reaches 1.05 at step 5; the norm blows up (inf) at step 12.
     n_steps, n_layers = 15, 20
@@ -338,24 +338,24 @@ def test_early_warning_lead():
     frame = make_frame(values)
     growth = fitting.depth_growth(frame)
     np.testing.assert_allclose(growth["factor"], f, rtol=1e-12)
-    warning = fitting.early_warning(frame, factor_threshold=1.05 - 1e-9)
-    assert warning == fitting.EarlyWarning(
+    warning = fitting.depth_factor_crossing(frame, factor_threshold=1.05 - 1e-9)
+    assert warning == fitting.FactorCrossing(
         warn_step=5, factor=pytest.approx(1.05), onset_step=12, lead=7
     )
     # Without divergence: onset and lead are None; a threshold never reached: None.
     calm = make_frame(values[:10])
-    assert fitting.early_warning(calm, 1.05 - 1e-9) == fitting.EarlyWarning(
+    assert fitting.depth_factor_crossing(calm, 1.05 - 1e-9) == fitting.FactorCrossing(
         warn_step=5, factor=pytest.approx(1.05), onset_step=None, lead=None
     )
-    assert fitting.early_warning(frame, factor_threshold=2.0) is None
+    assert fitting.depth_factor_crossing(frame, factor_threshold=2.0) is None
 
 
-def test_early_warning_min_layers():
+def test_depth_factor_crossing_min_layers():
     values = 0.5 * 1.2 ** np.arange(4.0)[None, :].repeat(3, axis=0)
     values[0, 1] = np.nan  # only 3 usable layers at step 0
     frame = make_frame(values)
-    assert fitting.early_warning(frame, 1.1).warn_step == 0
-    assert fitting.early_warning(frame, 1.1, min_layers=4).warn_step == 1
+    assert fitting.depth_factor_crossing(frame, 1.1).warn_step == 0
+    assert fitting.depth_factor_crossing(frame, 1.1, min_layers=4).warn_step == 1
 
 
 # ---------------------------------------------------------------------------------
@@ -385,7 +385,7 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="empty"):
         fitting.divergence_onset(frame.iloc[:0])
     with pytest.raises(ValueError, match="missing columns"):
-        fitting.early_warning(frame.drop(columns=["step"]))
+        fitting.depth_factor_crossing(frame.drop(columns=["step"]))
     with pytest.raises(ValueError, match=r"call_idx=1.*present for it: \[0\]"):
         fitting.depth_growth(frame, call_idx=1)
     with pytest.raises(ValueError, match="unknown layer"):

@@ -212,7 +212,7 @@ def summarize_run(
     before = max((onset - 1) if onset is not None else int(records["step"].max()), 0)
     records = records[records["step"] <= (onset if onset is not None else before)]
     growth = fitting.depth_growth(records, "output_rms").set_index("step")["factor"]
-    warning = fitting.early_warning(records, config.warning_factor, threshold=config.threshold)
+    warning = fitting.depth_factor_crossing(records, config.warning_factor, threshold=config.threshold)
     row = {
         "diverged": onset is not None,
         "iteration": onset if onset is not None else config.iters,

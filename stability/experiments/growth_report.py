@@ -193,7 +193,7 @@ class GrowthReport:
     time_whole: pd.DataFrame
     time_window: pd.DataFrame
     onset: fitting.Onset | None
-    warning: fitting.EarlyWarning | None
+    warning: fitting.FactorCrossing | None
     coherence: pd.DataFrame
 
 
@@ -218,9 +218,9 @@ def _time_growth(
 
 def _warning(
     frame: pd.DataFrame, config: ReportConfig, onset: fitting.Onset | None
-) -> fitting.EarlyWarning | None:
+) -> fitting.FactorCrossing | None:
     """The early warning, with its lead measured against the report's onset."""
-    warning = fitting.early_warning(
+    warning = fitting.depth_factor_crossing(
         frame,
         config.factor_threshold,
         metric=config.metric,
@@ -365,7 +365,7 @@ def heatmap_frame(
 
 def choose_profile_steps(
     growth: pd.DataFrame,
-    warning: fitting.EarlyWarning | None = None,
+    warning: fitting.FactorCrossing | None = None,
     onset: fitting.Onset | None = None,
     count: int = 4,
 ) -> list[int]:
@@ -481,7 +481,7 @@ def _draw_heatmap(ax, cells: pd.DataFrame, layers: Sequence[str], metric: str) -
     ax.set_title(f"(a) log10 {metric} over step and depth")
 
 
-def _event_lines(ax, warning: fitting.EarlyWarning | None, onset: fitting.Onset | None) -> None:
+def _event_lines(ax, warning: fitting.FactorCrossing | None, onset: fitting.Onset | None) -> None:
     if warning is not None:
         ax.axvline(warning.warn_step, color="#ff7f0e", ls="--", lw=1.2, label="early warning")
     if onset is not None:

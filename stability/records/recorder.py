@@ -53,6 +53,9 @@ from torch import nn
 from stability import metrics as M
 from stability.records.schema import (
     FORWARD_METRICS,
+    LOSS_LAYER,
+    LOSS_LAYER_IDX,
+    LOSS_METRIC,
     METRICS,
     ROOT_NAME,
     WEIGHT_METRICS,
@@ -468,8 +471,18 @@ class Recorder:
         self._pending.clear()
         self._pending_keys.clear()
 
-    def step(self) -> None:
-        """Mark the end of one optimizer step (call after ``backward()``)."""
+    def step(self, loss: torch.Tensor | float | None = None) -> None:
+        """Mark the end of one optimizer step (call after ``backward()``).
+
+        Args:
+            loss: The step's training loss. On the steps that record forward metrics (and
+                when ``loss`` is among ``metrics``) it becomes the row of metric ``loss`` of
+                the pseudo-layer ``(loss)`` at ``layer_idx`` -1, kept on the device like
+                every other value (no host sync). One value without ``run_dim``; one per
+                run (a vector over the runs) with it.
+        """
+        if loss is not None and self._recording and LOSS_METRIC in self.metrics:
+            self._put_loss(loss)
         self._commit_step()
         self.step_count += 1
         self._calls = [0] * len(self.layers)
@@ -479,6 +492,24 @@ class Recorder:
         if self.step_count % self.flush_every == 0:
             self.flush()
         self._set_phase()
+
+    def _put_loss(self, loss: torch.Tensor | float) -> None:
+        """Queue the loss under the layer code ``len(layers)`` (named ``(loss)`` by to_frame)."""
+        value = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+        value = value if value.is_floating_point() else value.float()
+        if self.run_dim is None:
+            if value.numel() != 1:
+                raise ValueError(f"loss must be one value, got shape {tuple(value.shape)}")
+            value = value.reshape(())
+        else:
+            value = value.reshape(-1)
+            runs = self._pending[0].numel() if self._pending else value.numel()
+            if value.numel() != runs:
+                raise ValueError(
+                    f"loss must hold one value per run ({runs} runs), got shape "
+                    f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ()}"
+                )
+        self._put(value, self.step_count, len(self.layers), 0, _CODE[LOSS_METRIC])
 
     def flush(self) -> None:
         """Copy the stacked device values to the host (one concatenation and copy per device)."""
@@ -544,13 +575,16 @@ class Recorder:
         values = np.concatenate(self._host_values) if self._host_values else np.zeros(0)
         runs = values.shape[1] if values.ndim == 2 else 1
         keys = np.repeat(keys, runs, axis=0)
-        depth = np.array([self._layer_idx.get(n, -1) for n in self.layer_names], dtype=np.int64)
+        depth = np.array(
+            [self._layer_idx.get(n, -1) for n in self.layer_names] + [LOSS_LAYER_IDX],
+            dtype=np.int64,
+        )
         run = np.tile(np.arange(runs), len(keys) // runs)
         columns = {
             "step": keys[:, 0],
             "run": run,
-            "layer": np.array(self.layer_names + [""], dtype=object)[keys[:, 1]],
-            "layer_idx": depth[keys[:, 1]] if len(depth) else keys[:, 1],
+            "layer": np.array(self.layer_names + [LOSS_LAYER], dtype=object)[keys[:, 1]],
+            "layer_idx": depth[keys[:, 1]],
             "call_idx": keys[:, 2],
             "metric": np.array(METRICS, dtype=object)[keys[:, 3]],
             "value": values.reshape(-1).astype(np.float64),

@@ -13,6 +13,9 @@ metric   one of :data:`METRICS`
 value    float
 ======== ==========================================================================
 
+The training loss given to ``Recorder.step(loss=...)`` is the metric ``loss`` of the
+pseudo-layer ``(loss)`` at ``layer_idx`` -1 (:data:`LOSS_LAYER`, :data:`LOSS_LAYER_IDX`).
+
 Tables of several runs (the stacked linear sweep) carry extra key columns such as
 ``run``, ``norm``, ``lr``, ``seed`` in front of these.
 
@@ -33,8 +36,20 @@ GRAD_METRICS: tuple[str, ...] = ("grad_norm",)
 #: ``||W||_F``, ``coherence`` ``max_{i!=j} |cos(w_i, w_j)|`` and ``coherence_mean``, the mean
 #: of the same over ``i != j`` (rows ``w_i`` are the layer's output units).
 WEIGHT_METRICS: tuple[str, ...] = ("weight_norm", "coherence", "coherence_mean")
+#: The training loss, given to ``Recorder.step(loss=...)``: one row per recorded step (per
+#: run with ``run_dim``), on the pseudo-layer :data:`LOSS_LAYER` at :data:`LOSS_LAYER_IDX`.
+LOSS_METRIC: str = "loss"
+#: The loss's metrics, as a group like the ones above.
+LOSS_METRICS: tuple[str, ...] = (LOSS_METRIC,)
+#: The layer name of the loss rows: parenthesised, so it can never be a module's name.
+LOSS_LAYER: str = "(loss)"
+#: The ``layer_idx`` of the loss rows: -1, before every layer, and never a depth. Depth fits
+#: select one per-layer metric, so they never see these rows; the divergence rule judges a
+#: non-finite loss a divergence (``loss`` is not in :data:`THRESHOLD_METRICS`: a loss has no
+#: scale-free magnitude threshold).
+LOSS_LAYER_IDX: int = -1
 #: Every metric the Recorder can record, in its order.
-METRICS: tuple[str, ...] = FORWARD_METRICS + GRAD_METRICS + WEIGHT_METRICS
+METRICS: tuple[str, ...] = FORWARD_METRICS + GRAD_METRICS + WEIGHT_METRICS + LOSS_METRICS
 
 #: Metrics to which the divergence rule's magnitude threshold applies: ``output_rms`` only.
 #: It is the one norm free of the batch size and the layer size (1.0 for an ideal BN output),
