@@ -26,6 +26,7 @@ from stability.fitting.table import (
     _check_min,
     _few,
     _filter_layers,
+    _filter_main_path,
     _layers_in_depth_order,
     _log_values,
     _select,
@@ -70,6 +71,7 @@ def depth_growth(
     *,
     call_idx: int = 0,
     layers: str | Iterable[str] | None = None,
+    main_path: bool = True,
     robust: bool = False,
     steps: Iterable[int] | None = None,
     min_layers: int = 3,
@@ -101,6 +103,10 @@ def depth_growth(
         metric: The metric to fit (``output_rms`` is batch-size free).
         call_idx: Which call of each module (0 = first call in the step).
         layers: Optional glob pattern (``"layer4.*"``) or collection of exact layer names.
+        main_path: Fit only the layers on the model's main path: a layer nested in another
+            recorded layer (``q_proj.lora_A.default`` inside a peft wrapper ``q_proj``) is
+            left out (:func:`~stability.fitting.table.main_path_layers`). Applied after
+            ``layers``; False fits every selected layer.
         robust: Use the Theil-Sen estimator instead of OLS.
         steps: Optional steps to fit (others are dropped; absent ones are ignored).
         min_layers: Minimum number of usable layers for a fit (>= 3); steps with fewer
@@ -123,6 +129,8 @@ def depth_growth(
             "metric across depth, e.g. 'output_rms'"
         )
     sub = _filter_layers(_select(frame, metric, call_idx), layers)
+    if main_path:
+        sub = _filter_main_path(sub)
     if steps is not None:
         wanted = np.unique(np.asarray(list(steps), dtype=np.int64))
         sub = sub[np.isin(sub["step"].to_numpy(), wanted)]

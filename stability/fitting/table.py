@@ -100,6 +100,35 @@ def _filter_layers(sub: pd.DataFrame, layers: str | Iterable[str] | None) -> pd.
     return sub[sub["layer"].isin(keep).to_numpy()]
 
 
+def main_path_layers(names: Iterable[str]) -> list[str]:
+    """The layers of ``names`` on the model's main path: those with no ancestor among them.
+
+    A layer ``a.b.c`` is *nested* in ``a.b`` (its name extends the other's by a dot). A
+    wrapper whose forward runs its children (a peft LoRA layer around ``base_layer``,
+    ``lora_A``, ``lora_B``; a recorded block around its convolutions) is one step of the
+    depth chain, and its children are side branches or the same step again, so a depth fit
+    over all of them mixes depths. Keeping the outermost recorded layers keeps one layer per
+    step of the chain. Models whose recorded layers are leaves (every torchvision and timm
+    model with the default selection) keep every layer.
+    """
+    names = list(dict.fromkeys(str(n) for n in names))
+    present = set(names)
+
+    def nested(name: str) -> bool:
+        parts = name.split(".")
+        return any(".".join(parts[:i]) in present for i in range(1, len(parts)))
+
+    return [n for n in names if not nested(n)]
+
+
+def _filter_main_path(sub: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the layers on the main path (:func:`main_path_layers`)."""
+    keep = main_path_layers(pd.unique(sub["layer"]).astype(str))
+    if len(keep) == sub["layer"].nunique():
+        return sub
+    return sub[sub["layer"].isin(keep).to_numpy()]
+
+
 def _log_values(values: np.ndarray) -> np.ndarray:
     """``log(values)`` where finite and > 0, NaN elsewhere."""
     v = np.asarray(values, dtype=np.float64)
