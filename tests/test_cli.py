@@ -6,10 +6,13 @@ import argparse
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from stability.experiments import cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PRESETS = {"default": {}, "quick": {"iters": 3, "seeds": (0,)}}
 
@@ -78,3 +81,39 @@ def test_importing_cli_does_not_import_torch():
     code = "import sys, stability.experiments.cli; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_help_shows_each_default_once_as_typed():
+    """Reference: the help text argparse prints, read back line by line."""
+    parser = cli.OneLineParser(prog="p", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--norms", type=cli.comma_list(str), default=("bn", "wn"), help="norms")
+    parser.add_argument("--depth", type=int, default=50, help="layers (default 50)")
+    parser.add_argument("--seed", type=int, help="seed")
+    parser.add_argument("--quiet", action="store_true", help="no output")
+    parser.add_argument("--rate", type=float, default=0.5, help="rate in %% of the maximum")
+    text = " ".join(parser.format_help().split())
+    assert "norms (default: bn, wn)" in text and "('bn'" not in text
+    assert "layers (default 50)" in text and text.count("default") == 3
+    assert "seed -h" not in text and "seed (default" not in text
+    assert "no output (default" not in text
+    assert "rate in % of the maximum (default: 0.5)" in text
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["analyses/get_data.py", "analyses/deep_linear_divergence.py", "analyses/train.py"],
+)
+def test_script_help_and_bad_arguments_import_no_torch(script):
+    """--help and a usage error are answered before torch is imported (instant)."""
+    probe = (
+        "import runpy, sys; sys.argv = [sys.argv[1], sys.argv[2]]\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print('torch' in sys.modules, code)"
+    )
+    for flag, code in (("--help", "0"), ("--no-such-flag", "2")):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, script, flag], capture_output=True, text=True,
+            cwd=ROOT, check=False,
+        )  # fmt: skip
+        assert done.stdout.split()[-2:] == ["False", code], done.stderr

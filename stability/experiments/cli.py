@@ -16,8 +16,46 @@ from pathlib import Path
 from typing import Any
 
 
+def show_value(value: Any) -> str:
+    """A default as a user types it: ``a, b`` for a tuple or list, ``str`` otherwise."""
+    if isinstance(value, (tuple, list)):
+        return ", ".join(show_value(item) for item in value)
+    return str(value)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help, once, as a user would type ``X``.
+
+    Nothing is appended when the help already speaks of its default, when the default is
+    None, False or suppressed (a flag left out), or for positionals; a tuple default is
+    shown comma-separated, the way :func:`comma_list` reads it.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+            or (action.nargs == 0 and default is True)  # e.g. a store_false flag
+        ):
+            return text
+        return f"{text} (default: {show_value(default).replace('%', '%%')})"
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line on stderr (exit status 2)."""
+    """An ArgumentParser whose usage errors are one line on stderr (exit status 2) and whose
+    help shows each default once (:class:`DefaultsHelpFormatter`; a script asking for
+    argparse's ``ArgumentDefaultsHelpFormatter`` gets it too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        formatter = kwargs.get("formatter_class", argparse.HelpFormatter)
+        if formatter in (argparse.HelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+            kwargs["formatter_class"] = DefaultsHelpFormatter
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -136,6 +174,14 @@ def _dataset(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _existing_folder(text: str) -> Path:
+    """A ``--data-dir``: it must be an existing folder, or no other data is searched."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} does not exist or is not a directory")
+    return path
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--dataset --data-dir --download --image-size --subset`` to a script's parser.
 
@@ -149,7 +195,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument(
         "--data-dir",
-        type=Path,
+        type=_existing_folder,
         help=f"searched first (must exist); then ${DATA_ENV_VAR}, the user cache, "
         f"and for Fashion-MNIST {SYSTEM_FASHION_MNIST}",
     )

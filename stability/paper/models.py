@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from stability.paper.names import DEEP_LINEAR_NORMS, NORM_KINDS
 from stability.paper.normalization import (
-    NORM_KINDS,
+    WEIGHT_LAYERS,
     check_norm_kind,
     convert_norm,
     weight_norm,
@@ -39,8 +40,6 @@ __all__ = [
     "xavier_init_",
 ]
 
-_INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
 
 def xavier_init_(model: nn.Module) -> nn.Module:
     """Xavier-uniform init of every conv / linear weight and zero biases, in place.
@@ -52,7 +51,7 @@ def xavier_init_(model: nn.Module) -> nn.Module:
         ValueError: if a layer's weight is already parametrized.
     """
     for module in model.modules():
-        if isinstance(module, _INIT_LAYERS):
+        if isinstance(module, WEIGHT_LAYERS):
             if parametrize.is_parametrized(module, "weight"):
                 raise ValueError("xavier_init_ expects plain layers (initialize before WN)")
             nn.init.xavier_uniform_(module.weight)
@@ -186,10 +185,6 @@ def resnet50(norm: str, num_classes: int = 1000) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- deep linear
-
-
-DEEP_LINEAR_NORMS: tuple[str, ...] = ("none", "bn", "wn")
-"""Kinds meaningful for a purely linear network (NP and TReLU are activations)."""
 
 
 class DeepLinear(nn.Module):
