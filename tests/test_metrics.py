@@ -161,11 +161,14 @@ def test_output_rms_of_ideal_bn_output_is_one():
 
 
 def test_empty_and_zero_edge_cases():
-    """Empty output -> rms NaN; zero input -> gain inf (IEEE division), no exception."""
+    """Empty output -> rms NaN; an all-zero input has no gain (NaN, not inf), no exception."""
     assert math.isnan(M.output_rms(torch.zeros(0, 3)).item())
     assert M.output_norm(torch.zeros(0, 3)).item() == 0.0
-    assert math.isinf(M.gain(torch.ones(2, 2), torch.zeros(2, 2)).item())
+    assert math.isnan(M.gain(torch.ones(2, 2), torch.zeros(2, 2)).item())
     assert math.isnan(M.gain(torch.zeros(2, 2), torch.zeros(2, 2)).item())
+    assert M.gain(torch.full((2, 2), 3.0), torch.ones(2, 2)).item() == 3.0
+    per_run = M.gain(torch.ones(2, 3), torch.tensor([[0.0] * 3, [2.0] * 3]), run_dim=0)
+    assert math.isnan(per_run[0].item()) and per_run[1].item() == 0.5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -281,16 +284,87 @@ def test_row_coherence_single_row_is_zero():
         assert mx.shape == () and mean.shape == ()
 
 
+def ref_coherence_without_zero_rows(rows: np.ndarray) -> tuple[float, float, int]:
+    """(max, mean) over the pairs of distinct nonzero rows, and how many rows were zero."""
+    rows = np.asarray(rows, dtype=np.float64)
+    nonzero = rows[np.any(rows != 0, axis=1)]
+    found = ref_coherence(nonzero) if len(nonzero) > 1 else (0.0, 0.0)
+    return (*found, len(rows) - len(nonzero))
+
+
 @pytest.mark.parametrize("chunk", [M.GRAM_CHUNK_ELEMENTS, 7, 1])
-def test_row_coherence_zero_row_is_nan(chunk):
-    """A zero row: every cosine with it is 0/0, so both values are NaN and nothing raises."""
-    w = torch.randn(5, 4)
-    w[3] = 0.0
-    mx, mean = M.row_coherence(w, chunk_elements=chunk)
-    assert math.isnan(mx.item()) and math.isnan(mean.item())
-    w = torch.zeros(2, 3, 2, 2)
-    mx, mean = M.row_coherence(w, chunk_elements=chunk)
-    assert math.isnan(mx.item()) and math.isnan(mean.item())
+def test_coherence_leaves_zero_rows_out(chunk):
+    """Zero rows (a padding embedding's tied decoder) have no direction: coherence is the
+    max / mean over the pairs of nonzero rows (double-loop reference), zero_rows counts them,
+    and nothing is NaN."""
+    w = torch.randn(6, 4)
+    w[[1, 4]] = 0.0
+    found = M.coherence(w, chunk_elements=chunk)
+    mx, mean, zero = ref_coherence_without_zero_rows(np64(w))
+    assert (found.max.item(), found.mean.item()) == pytest.approx((mx, mean), rel=1e-6)
+    assert found.zero_rows.item() == zero == 2
+    assert tuple(M.row_coherence(w, chunk_elements=chunk)) == (found.max, found.mean)
+    for nothing_left in (torch.zeros(2, 3, 2, 2), torch.eye(3)[:2] * torch.tensor([[1.0], [0.0]])):
+        found = M.coherence(nothing_left, chunk_elements=chunk)  # < 2 nonzero rows: no pair
+        assert (found.max.item(), found.mean.item()) == (0.0, 0.0)
+
+
+def test_coherence_zero_rows_in_groups_and_runs():
+    """Grouped conv with a zero output channel: the mean divides by the pairs of nonzero
+    rows of the dense map (reference: dense rows, double loop); per run with run_dim."""
+    conv = nn.Conv2d(4, 6, 3, groups=2, bias=False)
+    with torch.no_grad():
+        conv.weight[2] = 0.0
+    mx, mean, zero = ref_coherence_without_zero_rows(dense_conv_rows(conv))
+    found = M.coherence(conv.weight, groups=2, chunk_elements=5)
+    assert (found.max.item(), found.mean.item()) == pytest.approx((mx, mean), rel=1e-6)
+    assert found.zero_rows.item() == zero == 1
+    runs = torch.randn(3, 5, 4)
+    runs[1, 0] = 0.0
+    found = M.coherence(runs, run_dim=0)
+    for r in range(3):
+        mx, mean, zero = ref_coherence_without_zero_rows(np64(runs[r]))
+        assert (found.max[r].item(), found.mean[r].item()) == pytest.approx((mx, mean), rel=1e-6)
+        assert found.zero_rows[r].item() == zero
+
+
+def test_coherence_of_separate_maps_pairs_within_each():
+    """Several linear maps of one layer (attention's q, k, v): pairs within each map only;
+    the mean divides by the sum of the maps' pair counts (double-loop reference)."""
+    maps = [torch.randn(4, 3), torch.randn(4, 5), torch.randn(3, 5)]
+    maps[1][2] = 0.0
+    values, zero = [], 0
+    for w in maps:
+        rows = np64(w)
+        nonzero = rows[np.any(rows != 0, axis=1)]
+        zero += len(rows) - len(nonzero)
+        for i, j in itertools.permutations(range(len(nonzero)), 2):
+            cos = abs(nonzero[i] @ nonzero[j]) / (ref_norm(nonzero[i]) * ref_norm(nonzero[j]))
+            values.append(cos)
+    found = M.coherence(maps, chunk_elements=3)
+    assert found.max.item() == pytest.approx(max(values), rel=1e-6)
+    assert found.mean.item() == pytest.approx(sum(values) / len(values), rel=1e-6)
+    assert found.zero_rows.item() == zero == 1
+    with pytest.raises(ValueError, match="groups=2 needs a single weight"):
+        M.coherence(maps, groups=2)
+
+
+def test_coherence_nan_weight_stays_nan():
+    """A row holding NaN is not a zero row: its cosines, and so both values, are NaN."""
+    w = torch.randn(4, 3)
+    w[1, 0] = math.nan
+    found = M.coherence(w)
+    assert math.isnan(found.max.item()) and math.isnan(found.mean.item())
+    assert found.zero_rows.item() == 0
+
+
+def test_weight_norm_finite_for_huge_finite_weights():
+    """||W||_F accumulates in float64: finite for float32 entries whose squares overflow
+    float32 (reference: float64 numpy)."""
+    w = torch.full((4, 3), 8e19)
+    assert math.isinf(torch.linalg.vector_norm(w).item())  # what float32 accumulation gives
+    assert M.weight_norm(w).item() == pytest.approx(ref_norm(np64(w)), rel=1e-6)
+    assert M.weight_norm(w).dtype == torch.float32
 
 
 def test_weight_rows_rejects_vectors():

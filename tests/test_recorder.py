@@ -13,6 +13,7 @@ import copy
 import gc
 import math
 import tracemalloc
+import warnings
 import weakref
 
 import numpy as np
@@ -20,85 +21,24 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from records_support import (
+    COLUMNS,
+    FORWARD,
+    WEIGHT,
+    InplaceNet,
+    Named,
+    SharedNet,
+    assert_frame_matches,
+    assert_no_hooks,
+    lookup,
+    mlp,
+    one_step,
+    ref_norm,
+    ref_weight_metrics,
+)
 from torch import nn
 
 from stability import Recorder
-
-FORWARD = ("output_norm", "output_rms", "gain")
-WEIGHT = ("weight_norm", "coherence", "coherence_mean")
-COLUMNS = ["step", "layer", "layer_idx", "call_idx", "metric", "value"]
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
-
-# --------------------------------------------------------------------------- references
-
-
-def ref_norm(t) -> float:
-    """||t||_2 by an explicit float64 numpy sum of squares."""
-    a = t.detach().to(torch.float64).cpu().numpy() if isinstance(t, torch.Tensor) else t
-    return math.sqrt(float(np.sum(np.asarray(a, dtype=np.float64) ** 2)))
-
-
-def ref_coherence(weight: torch.Tensor) -> tuple[float, float]:
-    """(max, mean) |cos| over pairs of distinct rows (ungrouped layers): explicit double loop."""
-    rows = weight.detach().to(torch.float64).reshape(weight.shape[0], -1).numpy()
-    n = rows.shape[0]
-    values = [
-        abs(float(rows[i] @ rows[j])) / (ref_norm(rows[i]) * ref_norm(rows[j]))
-        for i in range(n)
-        for j in range(n)
-        if i != j
-    ]
-    return max(values), sum(values) / len(values)
-
-
-def ref_weight_metrics(weight: torch.Tensor) -> dict[str, float]:
-    mx, mean = ref_coherence(weight)
-    return {"weight_norm": ref_norm(weight), "coherence": mx, "coherence_mean": mean}
-
-
-def lookup(frame: pd.DataFrame, layer: str, metric: str, step: int = 0, call: int = 0) -> float:
-    """The single value recorded for (step, layer, call, metric)."""
-    hit = frame[
-        (frame.step == step)
-        & (frame.layer == layer)
-        & (frame.metric == metric)
-        & (frame.call_idx == call)
-    ]
-    assert len(hit) == 1, (layer, metric, step, call, len(hit))
-    return float(hit.value.iloc[0])
-
-
-def assert_frame_matches(frame: pd.DataFrame, expected: dict, rel: float) -> None:
-    """``expected`` maps (step, layer, call, metric) -> reference value; the keys must match."""
-    got = {(int(r.step), r.layer, int(r.call_idx), r.metric): r.value for r in frame.itertuples()}
-    assert len(got) == len(frame), "duplicate (step, layer, call, metric) rows"
-    assert set(got) == set(expected)
-    for key, value in expected.items():
-        assert got[key] == pytest.approx(value, rel=rel), key
-
-
-def assert_no_hooks(model: nn.Module) -> None:
-    for name, module in model.named_modules():
-        for attr in HOOK_DICTS:
-            assert not getattr(module, attr, {}), f"{name or '<root>'}.{attr} not empty"
-
-
-def one_step(model, x, rec=None, loss_fn=None):
-    """Forward, backward and ``rec.step()``; returns nothing so the graph dies here."""
-    out = model(x)
-    loss = loss_fn(out) if loss_fn else out.pow(2).mean()
-    loss.backward()
-    if rec is not None:
-        rec.step()
-
 
 # --------------------------------------------------------------------------- models
 
@@ -114,22 +54,6 @@ class ConvNet(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.tanh(self.conv2(torch.tanh(self.conv1(x)))).flatten(1))
-
-
-class SharedNet(nn.Module):
-    """``shared`` runs twice per forward."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp = nn.Linear(4, 6)
-        self.shared = nn.Linear(6, 6)
-        self.head = nn.Linear(6, 2)
-
-    def forward(self, x):
-        h = torch.tanh(self.inp(x))
-        h = torch.tanh(self.shared(h))
-        h = torch.tanh(self.shared(h))
-        return self.head(h)
 
 
 class Reordered(nn.Module):
@@ -168,19 +92,6 @@ class DictNet(nn.Module):
         return {"logits": self.head(torch.relu(h)), "features": h}
 
 
-class InplaceNet(nn.Module):
-    def __init__(self, inplace: bool):
-        super().__init__()
-        self.fc1 = nn.Linear(5, 7)
-        self.act = nn.ReLU(inplace=inplace)
-        self.fc2 = nn.Linear(7, 3)
-
-    def forward(self, x):
-        h = self.fc1(x)
-        h += 0.5  # in-place ops directly on the recorded output
-        return self.fc2(self.act(h))
-
-
 class InfLinear(nn.Module):
     """A Linear layer that multiplies its output by inf while ``blow_up`` is set."""
 
@@ -203,13 +114,6 @@ class InfNet(nn.Module):
 
     def forward(self, x):
         return self.l2(torch.tanh(self.mid(torch.tanh(self.l0(x)))))
-
-
-def mlp(widths=(8, 8, 8, 8)) -> nn.Sequential:
-    layers = []
-    for a, b in zip(widths[:-1], widths[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.Tanh()]
-    return nn.Sequential(*layers[:-1])
 
 
 # --------------------------------------------------------------------------- 2. values
@@ -249,71 +153,16 @@ def test_values_match_layers_run_by_hand():
     assert depth == {"conv1": 0, "conv2": 1, "fc": 2}
 
 
-def test_shared_module_values_per_call():
-    """A module run twice: call_idx 0 and 1, each with its own forward and grad_norm values
-    (autograd.grad reference), weight metrics once (call 0)."""
-    model = SharedNet().double()
-    x = torch.randn(5, 4, dtype=torch.float64)
-
-    h0 = model.inp(x)
-    s0 = model.shared(torch.tanh(h0))
-    s1 = model.shared(torch.tanh(s0))
-    out = model.head(torch.tanh(s1))
-    loss = out.pow(2).mean()
-    grads = torch.autograd.grad(loss, [h0, s0, s1, out])
-
-    with Recorder(model, weight_every=1) as rec:
-        one_step(model, x, rec)
-    frame = rec.to_frame()
-
-    calls = [
-        ("inp", 0, x, h0, grads[0]),
-        ("shared", 0, torch.tanh(h0), s0, grads[1]),
-        ("shared", 1, torch.tanh(s0), s1, grads[2]),
-        ("head", 0, torch.tanh(s1), out, grads[3]),
-    ]
-    expected = {}
-    for name, call, inp, o, g in calls:
-        expected[(0, name, call, "output_norm")] = ref_norm(o)
-        expected[(0, name, call, "output_rms")] = ref_norm(o) / math.sqrt(o.numel())
-        expected[(0, name, call, "gain")] = ref_norm(o) / ref_norm(inp)
-        expected[(0, name, call, "grad_norm")] = ref_norm(g)
-    for name in ("inp", "shared", "head"):
-        for metric, value in ref_weight_metrics(getattr(model, name).weight).items():
-            expected[(0, name, 0, metric)] = value
-    assert_frame_matches(frame, expected, rel=1e-10)
-
-
-def test_inplace_relu_after_recorded_layer_grad_norm():
-    """grad_norm of a layer followed by ReLU(inplace) and ``+=`` equals autograd.grad of the
-    same layer's output in an out-of-place copy of the model."""
-    model = InplaceNet(inplace=True)
-    reference = InplaceNet(inplace=False)
-    reference.load_state_dict(model.state_dict())
-    x = torch.randn(6, 5)
-
-    h1 = reference.fc1(x)
-    out = reference.fc2(torch.relu(h1 + 0.5))
-    g1, g2 = torch.autograd.grad(out.pow(2).mean(), [h1, out])
-
-    with Recorder(model) as rec:
-        one_step(model, x, rec)
-    frame = rec.to_frame()
-    assert lookup(frame, "fc1", "grad_norm") == pytest.approx(ref_norm(g1), rel=1e-6)
-    assert lookup(frame, "fc2", "grad_norm") == pytest.approx(ref_norm(g2), rel=1e-6)
-    # the norm of what fc1 produced, before the in-place ops changed it
-    assert lookup(frame, "fc1", "output_norm") == pytest.approx(ref_norm(h1), rel=1e-6)
-
-
 def test_no_grad_records_forward_metrics_only():
-    """Under torch.no_grad(): forward + weight rows equal to a hand-run reference, no grad_norm."""
+    """Under torch.no_grad() with record_no_grad=True: forward + weight rows equal to a
+    hand-run reference, no grad_norm."""
     model = ConvNet().double()
     x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
     with torch.no_grad():
         h1 = model.conv1(x)
         h2 = model.conv2(torch.tanh(h1))
         h3 = model.fc(torch.tanh(h2).flatten(1))
-    with Recorder(model, weight_every=1) as rec, torch.no_grad():
+    with Recorder(model, weight_every=1, record_no_grad=True) as rec, torch.no_grad():
         model(x)
         rec.step()
     frame = rec.to_frame()
@@ -325,80 +174,18 @@ def test_no_grad_records_forward_metrics_only():
 
 
 def test_inference_mode_records_forward_metrics():
-    """torch.inference_mode(): same forward rows as a hand-run reference, no grad_norm."""
+    """torch.inference_mode() with record_no_grad=True: same forward rows as a hand-run
+    reference, no grad_norm."""
     model = mlp()
     x = torch.randn(4, 8)
     with torch.no_grad():
         h0 = model[0](x)
-    with Recorder(model) as rec, torch.inference_mode():
+    with Recorder(model, record_no_grad=True) as rec, torch.inference_mode():
         model(x)
         rec.step()
     frame = rec.to_frame()
     assert "grad_norm" not in set(frame.metric)
     assert lookup(frame, "0", "output_norm") == pytest.approx(ref_norm(h0), rel=1e-6)
-
-
-def test_autocast_values_match_cloned_outputs():
-    """Under CPU bf16 autocast: output/grad norms vs a test-owned hook cloning the outputs."""
-    model = mlp()
-    x = torch.randn(16, 8)
-    captured = {}
-
-    def capture(name):
-        def hook(module, args, output):
-            captured[name] = (args[0].detach().clone(), output.detach().clone())
-            output.register_hook(lambda g: captured.__setitem__(name + ".grad", g.clone()))
-
-        return hook
-
-    handles = [model[i].register_forward_hook(capture(str(i))) for i in (0, 2, 4)]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x)
-    out.float().pow(2).mean().backward()
-    for handle in handles:
-        handle.remove()
-    model.zero_grad()
-
-    with Recorder(model) as rec:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x)
-        out.float().pow(2).mean().backward()
-        rec.step()
-    frame = rec.to_frame()
-    for name in ("0", "2", "4"):
-        inp, o = captured[name]
-        assert o.dtype == torch.bfloat16
-        assert lookup(frame, name, "output_norm") == pytest.approx(ref_norm(o), rel=1e-5)
-        assert lookup(frame, name, "gain") == pytest.approx(ref_norm(o) / ref_norm(inp), rel=1e-5)
-        grad = captured[name + ".grad"]
-        assert lookup(frame, name, "grad_norm") == pytest.approx(ref_norm(grad), rel=1e-5)
-
-
-def test_weight_metrics_use_effective_parametrized_weight():
-    """Weight-normalised layers (torch parametrizations): one record per layer (no
-    ``parametrizations.*`` names) and weight metrics of g * v / ||v|| (numpy reference)."""
-    wn = nn.utils.parametrizations.weight_norm
-    model = nn.Sequential(wn(nn.Linear(5, 6)), nn.Tanh(), wn(nn.Conv2d(6, 4, 1)))
-    with torch.no_grad():
-        model[0].parametrizations.weight.original0.mul_(torch.rand(6, 1) + 0.5)
-        model[2].parametrizations.weight.original0.mul_(torch.rand(4, 1, 1, 1) + 0.5)
-
-    def effective(layer):
-        g = layer.parametrizations.weight.original0.detach().double()
-        v = layer.parametrizations.weight.original1.detach().double()
-        rows = v.reshape(v.shape[0], -1)
-        return g.reshape(-1, 1) * rows / rows.norm(dim=1, keepdim=True)
-
-    x = torch.randn(3, 5)
-    with Recorder(model, weight_every=1) as rec:
-        out = model[2](model[1](model[0](x))[:, :, None, None])
-        out.sum().backward()
-        rec.step()
-    frame = rec.to_frame()
-    assert set(frame.layer) == {"0", "2"}
-    for name in ("0", "2"):
-        for metric, value in ref_weight_metrics(effective(model.get_submodule(name))).items():
-            assert lookup(frame, name, metric) == pytest.approx(value, rel=1e-5), (name, metric)
 
 
 # --------------------------------------------------------------------------- 3. bitwise
@@ -748,46 +535,6 @@ def test_layer_idx_follows_forward_order():
     ]
 
 
-class Named(nn.Module):
-    """Modules enc.0, enc.1 (Tanh), enc.2, dec.0, dec.1 (Tanh), head."""
-
-    def __init__(self):
-        super().__init__()
-        self.enc = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4))
-        self.dec = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.head(self.dec(self.enc(x)))
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "expected"),
-    [
-        ({}, {"enc.0", "enc.2", "dec.0", "head"}),
-        ({"include": "enc.*"}, {"enc.0", "enc.2"}),
-        ({"include": ["enc.0", "h*"]}, {"enc.0", "head"}),
-        ({"include": lambda n, m: isinstance(m, nn.Tanh)}, {"enc.1", "dec.1"}),
-        ({"exclude": "enc.*"}, {"dec.0", "head"}),
-        ({"include": "enc.*", "exclude": "enc.2"}, {"enc.0"}),
-        ({"exclude": lambda n, m: getattr(m, "out_features", 0) == 4}, {"head"}),
-    ],
-)
-def test_include_exclude(kwargs, expected):
-    """Selection by glob / list of globs / callable / exclude vs the expected name set."""
-    model = Named()
-    with Recorder(model, weight_every=1, **kwargs) as rec:
-        one_step(model, torch.randn(2, 3), rec)
-    frame = rec.to_frame()
-    assert set(frame.layer) == expected
-    assert set(rec.layer_names) == expected
-    for name in expected:
-        module = model.get_submodule(name)
-        metrics = set(frame[frame.layer == name].metric)
-        has_weight = isinstance(getattr(module, "weight", None), torch.Tensor)
-        assert metrics == set(FORWARD) | {"grad_norm"} | (set(WEIGHT) if has_weight else set())
-
-
 def test_selection_and_argument_errors():
     """include matching nothing -> ValueError naming the available layers; unknown metric,
     every=0 (and the other schedule arguments) -> ValueError."""
@@ -1050,3 +797,44 @@ def test_single_layer_model_and_string_metric():
     assert frame["value"].iloc[0] == pytest.approx(
         float(out.detach().norm() / out.numel() ** 0.5), rel=1e-6
     )
+
+
+class _Bypassed(nn.Module):
+    """``inner``'s weight is used through F.linear, never by calling ``inner``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(F.linear(x, self.inner.weight, self.inner.bias))
+
+
+def test_selected_layer_without_rows_warns_once_at_first_flush():
+    """A selected module its parent bypasses has no row: one warning naming it at the first
+    flush (none later); the layer that ran is recorded as usual."""
+    model = _Bypassed()
+    x = torch.randn(4, 3)
+    with Recorder(model, flush_every=2) as rec:
+        one_step(model, x, rec)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            one_step(model, x, rec)  # step 2: the first flush
+            for _ in range(3):
+                one_step(model, x, rec)
+    silent = [w for w in caught if "never ran" in str(w.message)]
+    assert len(silent) == 1
+    assert "inner" in str(silent[0].message) and "head" not in str(silent[0].message)
+    frame = rec.to_frame()
+    assert set(frame.layer) == {"head"}
+    assert sorted(frame.step.unique()) == [0, 1, 2, 3, 4]
+
+
+def test_no_warning_when_every_selected_layer_has_rows():
+    model = mlp()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Recorder(model, flush_every=1) as rec:
+            one_step(model, torch.randn(2, 8), rec)
+    assert set(rec.to_frame().layer) == {"0", "2", "4"}

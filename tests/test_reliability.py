@@ -170,8 +170,20 @@ class CallLog:
 
 
 def default_layers(model: nn.Module) -> set[str]:
-    """Reference for the default selection of these models: Linear and Conv modules."""
-    return {n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+    """Reference for the default selection of these models: Linear, Conv and attention."""
+    kinds = nn.Linear | nn.Conv2d | nn.MultiheadAttention
+    return {n for n, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def output_unit_rows(module: nn.Module) -> list[torch.Tensor]:
+    """Reference output-unit rows of the layers of these tests: an embedding's rows are its
+    table's columns (one_hot -> vector), attention's are its q, k, v projections."""
+    if isinstance(module, nn.MultiheadAttention):
+        return list(module.in_proj_weight.detach().chunk(3))
+    weight = module.weight.detach()
+    if isinstance(module, nn.Embedding):
+        return [weight.t()]
+    return [weight.reshape(weight.shape[0], -1)]
 
 
 def check_model(model, x, loss_fn, *, expected_layers=None, **rec_kwargs):
@@ -205,34 +217,37 @@ def check_model(model, x, loss_fn, *, expected_layers=None, **rec_kwargs):
     selected = set(rec.layer_names)
     if expected_layers is not None:
         assert selected == expected_layers
-    ran = {name for name in selected if log.calls.get(name, 0) > 0}
+    modules = dict(recorded.named_modules())
+    # an attention's out_proj never runs as a module: its weight rows hang on the attention
+    owner = {n + ".out_proj": n for n, m in modules.items() if isinstance(m, nn.MultiheadAttention)}
+    ran = {name for name in selected if log.calls.get(owner.get(name, name), 0) > 0}
+    weights_only = {name for name in ran if name in owner}
     never_called = selected - ran
     assert set(frame.layer) == ran
     calls = frame.groupby("layer").call_idx.max().add(1).to_dict()
-    assert calls == {name: log.calls[name] for name in ran}
+    assert calls == {name: 1 if name in weights_only else log.calls[name] for name in ran}
     metrics = set(rec.metrics)
-    modules = dict(recorded.named_modules())
     expected_rows = 0
     for name in ran:
-        for call in range(log.calls[name]):
+        for call in range(0 if name in weights_only else log.calls[name]):
             x_norm, o_norm, needs_grad = log.records[(name, call)]
             if o_norm is not None:  # output_norm, output_rms; gain needs a float input
                 expected_rows += len(metrics & {"output_norm", "output_rms"})
                 expected_rows += "gain" in metrics and x_norm is not None
                 expected_rows += "grad_norm" in metrics and needs_grad
         weight = getattr(modules[name], "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
+        is_attention = isinstance(modules[name], nn.MultiheadAttention)
+        if is_attention or (isinstance(weight, torch.Tensor) and weight.ndim >= 2):
             expected_rows += len(metrics & set(WEIGHT))
+            rows = output_unit_rows(modules[name])
+            zero = sum(int((r.abs().sum(dim=1) == 0).sum()) for r in rows)
+            expected_rows += "zero_rows" in metrics and zero > 0  # recorded where not 0
     assert len(frame) == expected_rows
     assert not frame.duplicated(["step", "layer", "call_idx", "metric"]).any()
     values = frame[frame.metric.isin(NORMS)].value
     assert np.isfinite(values).all() and (values >= 0).all()
     for row in frame[frame.metric.isin(("coherence", "coherence_mean"))].itertuples():
-        weight = modules[row.layer].weight.detach()  # no optimizer step: as recorded
-        if (weight.reshape(weight.shape[0], -1).abs().sum(dim=1) == 0).any():
-            assert math.isnan(row.value), (row.layer, row.metric)  # zero row: NaN by convention
-        else:
-            assert 0 <= row.value <= 1, (row.layer, row.metric)
+        assert 0 <= row.value <= 1, (row.layer, row.metric)  # zero rows are left out
     return frame, rec, never_called, log
 
 
@@ -500,8 +515,8 @@ def _vit_out_projs(model) -> set[str]:
 
 def test_small_vision_transformer():
     """torchvision VisionTransformer (image 32, patch 16, 2 layers, width 32): bitwise
-    equal; the recorded layers are exactly those whose forward ran; the never-called ones
-    are exactly the attention out_proj modules (read by F.multi_head_attention_forward)."""
+    equal; every selected layer has rows: the attention modules, and their out_proj
+    (applied by F.multi_head_attention_forward, never called) through them."""
     vt = pytest.importorskip("torchvision.models.vision_transformer")
     model = vt.VisionTransformer(
         image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
@@ -513,17 +528,18 @@ def test_small_vision_transformer():
         lambda out: F.cross_entropy(out, y),
         expected_layers=default_layers(model),
     )
-    assert never == _vit_out_projs(model) and len(never) == 2
+    assert never == set() and _vit_out_projs(model) <= set(frame.layer)
     assert "conv_proj" in set(frame.layer)
-    # torchvision zero-initialises the classifier head: every row is zero, coherence NaN
+    # torchvision zero-initialises the classifier head: every row is zero, no pair is left
     head = frame[frame.layer == "heads.head"].set_index("metric").value
-    assert math.isnan(head["coherence"]) and head["weight_norm"] == 0.0
+    assert head["coherence"] == 0.0 and head["weight_norm"] == 0.0
+    assert head["zero_rows"] == model.heads.head.out_features
 
 
 @pytest.mark.slow
 def test_vit_b_16_at_224():
     """torchvision vit_b_16 (weights=None) at 1x3x224x224 with all metrics: bitwise equal;
-    recorded = selected minus the 12 never-called attention out_proj modules. Slow: ~25 s
+    every selected layer recorded (the 12 attention out_proj through their attention). Slow: ~25 s
     on one core (two 86M-parameter steps and coherence of 3072-row weights)."""
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.vit_b_16(weights=None).train()
@@ -533,8 +549,8 @@ def test_vit_b_16_at_224():
         lambda out: out.pow(2).mean(),
         expected_layers=default_layers(model),
     )
-    assert never == _vit_out_projs(model) and len(never) == 12
-    assert len(set(frame.layer)) == len(rec.layer_names) - 12
+    assert never == set() and len(_vit_out_projs(model)) == 12
+    assert set(frame.layer) == set(rec.layer_names)
 
 
 class RecurrentNet(nn.Module):
@@ -604,15 +620,16 @@ class AttentionNet(nn.Module):
 
 
 def test_multihead_attention():
-    """nn.MultiheadAttention: the default selection takes ``attn.out_proj`` (a Linear) but
-    its forward never runs, so it has no row (reported never-called); a callable include
+    """nn.MultiheadAttention: the default selection takes ``attn`` and ``attn.out_proj``
+    (a Linear whose forward never runs: its weight rows come through ``attn``); a callable include
     records ``attn`` with output = attn_output (first of the tuple; test-hook norm) and
     gain against the query. Bitwise equal in train mode and under eval + no_grad (the
     fast path)."""
     model = AttentionNet()
     x = torch.randn(2, 5, 8)
-    frame, _, never, _ = check_model(model, x, sum_loss, expected_layers={"attn.out_proj", "head"})
-    assert never == {"attn.out_proj"}
+    expected = {"attn", "attn.out_proj", "head"}
+    frame, _, never, _ = check_model(model, x, sum_loss, expected_layers=expected)
+    assert never == set()
 
     include = lambda name, m: isinstance(m, nn.MultiheadAttention)  # noqa: E731
     frame, _, never, log = check_model(model, x, sum_loss, include=include)
@@ -627,11 +644,11 @@ def test_multihead_attention():
     plain = copy.deepcopy(model)
     with torch.no_grad():
         expected = plain(x)
-        with Recorder(model, include=include) as rec:
+        with Recorder(model, include=include, record_no_grad=True) as rec:
             got = model(x)
             rec.step()
     assert_same(expected, got)
-    assert set(rec.to_frame().metric) == set(FORWARD)
+    assert set(rec.to_frame().metric) == set(FORWARD) | set(WEIGHT)  # step 0: a weight step
 
 
 class TupleLayer(nn.Module):
@@ -913,11 +930,11 @@ def test_selector_of_wrong_type(which, selector):
     assert_no_hooks(model)
 
 
-def test_zero_norm_weight_rows_record_nan_coherence():
+def test_zero_norm_weight_rows_are_left_out_of_coherence():
     """A Linear with a zero row, a Conv2d with a zero output channel and a grouped Conv2d
-    with a zero channel: coherence and coherence_mean NaN (metrics.py convention), the
-    weight norm equal to the numpy reference, forward/grad rows finite, no warning, and
-    outputs bitwise equal to no Recorder."""
+    with a zero channel: coherence and coherence_mean over the pairs of nonzero rows
+    (double-loop reference over the dense rows), zero_rows 1, the weight norm equal to the
+    numpy reference, forward/grad rows finite, no warning, outputs bitwise equal."""
     model = nn.Sequential(
         nn.Conv2d(4, 4, 3, padding=1),
         nn.Tanh(),
@@ -932,11 +949,26 @@ def test_zero_norm_weight_rows_record_nan_coherence():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         frame, *_ = check_model(model, torch.randn(2, 4, 3, 3), sum_loss, weight_every=1)
-    for name in ("0", "2", "4"):
-        rows = frame[frame.layer == name].set_index("metric").value
-        assert math.isnan(rows["coherence"]) and math.isnan(rows["coherence_mean"]), name
-        assert rows["weight_norm"] == pytest.approx(ref_norm(model.get_submodule(name).weight))
-        assert np.isfinite(rows[list(FORWARD) + ["grad_norm"]]).all()
+    dense_grouped = torch.zeros(4, 4, 1, 1, dtype=torch.float64)
+    for c in range(4):
+        g = c // 2
+        dense_grouped[c, 2 * g : 2 * g + 2] = model[2].weight[c].detach().double()
+    references = {"0": model[0].weight, "2": dense_grouped, "4": model[4].weight}
+    for name, weight in references.items():
+        rows = weight.detach().double().reshape(weight.shape[0], -1)
+        nonzero = rows[rows.abs().sum(dim=1) > 0]
+        cosines = [
+            abs(float(nonzero[i] @ nonzero[j])) / (ref_norm(nonzero[i]) * ref_norm(nonzero[j]))
+            for i in range(len(nonzero))
+            for j in range(len(nonzero))
+            if i != j
+        ]
+        got = frame[frame.layer == name].set_index("metric").value
+        assert got["coherence"] == pytest.approx(max(cosines), rel=1e-5), name
+        assert got["coherence_mean"] == pytest.approx(np.mean(cosines), rel=1e-5), name
+        assert got["zero_rows"] == 1.0
+        assert got["weight_norm"] == pytest.approx(ref_norm(model.get_submodule(name).weight))
+        assert np.isfinite(got[list(FORWARD) + ["grad_norm"]]).all()
 
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -944,9 +976,9 @@ def test_zero_width_layers_do_not_crash_the_model():
     """Layers with an empty weight, ``Linear(4, 0)`` (no rows: weight (0, 4)) and
     ``Linear(0, 2)`` (rows of length 0), run fine without the Recorder; with it (weight
     metrics due) the model must still run, with bitwise-equal outputs and gradients.
-    Reference values: weight_norm 0; coherence NaN for rows of length 0 (zero-norm rows,
-    metrics.py convention) and, for no rows at all, 0 (no pair of rows, like one row) or
-    NaN. (Once, metrics.weight_rows' ``reshape(0, -1)`` raised inside the forward hook.)"""
+    Reference values: weight_norm 0; coherence 0 for rows of length 0 (two zero rows, left
+    out: no pair remains) and for no rows at all (no pair of rows, like one row). (Once,
+    metrics.weight_rows' ``reshape(0, -1)`` raised inside the forward hook.)"""
     model = nn.Sequential(nn.Linear(4, 0), nn.Linear(0, 2))
     twin = copy.deepcopy(model)
     x = torch.randn(3, 4)
@@ -963,15 +995,16 @@ def test_zero_width_layers_do_not_crash_the_model():
         rows = frame[frame.layer == name].set_index("metric").value
         assert rows["weight_norm"] == 0.0
     no_rows = frame[frame.layer == "0"].set_index("metric").value
-    assert no_rows["coherence"] == 0.0 or math.isnan(no_rows["coherence"])
-    assert math.isnan(frame[frame.layer == "1"].set_index("metric").value["coherence"])
+    assert no_rows["coherence"] == 0.0 and "zero_rows" not in no_rows
+    empty_rows = frame[frame.layer == "1"].set_index("metric").value
+    assert empty_rows["coherence"] == 0.0 and empty_rows["zero_rows"] == 2.0
 
 
 @pytest.mark.parametrize("case", ["embedding", "vit"])
 def test_zero_weight_row_is_not_divergence(case):
     """Healthy models with a zero weight row at initialisation, selected by default:
     nn.Embedding(padding_idx=0) (the padding row) and torchvision's VisionTransformer (its
-    classifier head is zero-initialised). coherence is NaN there by convention at every
+    classifier head is zero-initialised). Their zero rows are left out of coherence at every
     weight step; a healthy two-step run must not report a divergence onset (reference:
     every norm finite and small)."""
     if case == "embedding":

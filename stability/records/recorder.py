@@ -30,17 +30,28 @@ not a new call. A ``copy.deepcopy`` of a recorded model (an EMA twin) records no
 
 Compilation: attach the Recorder *before* ``torch.compile``; the hooks are excluded from
 tracing (``torch._dynamo.disable``), so the compiled model breaks its graph around each
-recorded layer and the hooks run eagerly. Hooks attached to a model that was already
-compiled and run are only seen after dynamo recompiles; attach first.
+recorded layer and the hooks run eagerly. Outputs are then equal to those of the compiled
+model without the Recorder up to float rounding, not bitwise: the graph breaks change
+which operations are fused (eager models are bitwise identical). Hooks attached to a
+model that was already compiled and run are never called by the code compiled before;
+attaching then warns: attach first, or call ``torch.compiler.reset()`` after attaching.
+Attaching turns on dynamo's guards on module hooks (``skip_nnmodule_hook_guards =
+False``), so code compiled afterwards recompiles once when the hooks are removed.
+
+Modules: :mod:`~stability.records.selection` chooses the layers,
+:mod:`~stability.records.hooks` holds what a hook records per call,
+:mod:`~stability.records.weights` the weight metrics; this module owns the lifecycle, the
+buffers and the table.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import gc
 import numbers
 import os
+import warnings
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -50,187 +61,72 @@ import pandas as pd
 import torch
 from torch import nn
 
-from stability import metrics as M
+from stability.records.hooks import (
+    CODE,
+    ForwardRecording,
+    LayerHook,
+    _record_grad_norm,
+    overwrites_input,
+)
+from stability.records.rows import check_metrics, group_by_device_and_dtype, table_rows
 from stability.records.schema import (
     FORWARD_METRICS,
     LOSS_LAYER,
     LOSS_LAYER_IDX,
     LOSS_METRIC,
     METRICS,
-    ROOT_NAME,
     WEIGHT_METRICS,
 )
+from stability.records.selection import (
+    Selector,
+    hook_modules,
+    owns_matrix_weight,
+    select_modules,
+    unwrap_model,
+)
+from stability.records.weights import weight_metric_values, weight_parametrization
 
-# Codes of the raw norms kept between a hook and flush(); they never reach the table.
-_RAW_OUTPUT_NORM = len(METRICS)  # ||o||, aux = elements per run -> output_norm, output_rms
-_RAW_INPUT_NORM = len(METRICS) + 1  # ||x||, right after its ||o|| row -> gain
-_CODE = {m: i for i, m in enumerate(METRICS)}
-
-Selector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
+__all__ = ["Recorder", "Selector", "owns_matrix_weight", "select_modules", "unwrap_model"]
 
 # Models that currently have an active Recorder (weak keys: no reference kept to the model).
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel (``module.``) and ``torch.compile`` (``_orig_mod.``) wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
+def _release(handles: list, model: weakref.ref) -> None:
+    """Remove a Recorder's hooks and its model's active mark (close, or garbage collection)."""
+    for handle in handles:
+        handle.remove()
+    handles.clear()
+    alive = model()
+    if alive is not None:
+        _ACTIVE.pop(alive, None)
 
 
-def owns_matrix_weight(module: nn.Module, run_dim: int | None = None) -> bool:
-    """Default selection: the module has a ``weight`` tensor with ``ndim >= 2``.
+def _prepare_compile() -> None:
+    """Make code that ``torch.compile`` compiles from now on guard on module hooks, and warn
+    when graphs were compiled before this Recorder was attached.
 
-    With a run dimension (stacked independent runs) the weight needs ``ndim >= 3``.
+    By default compiled code does not guard on module hooks
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``), and modules of the same structure
+    share compiled code, so code compiled before the hooks existed would never call them:
+    no rows, then a partial table after a recompile. With the guards on, adding or removing
+    hooks recompiles; code compiled earlier has no such guard, hence the warning.
     """
-    weight = getattr(module, "weight", None)
-    return isinstance(weight, torch.Tensor) and weight.ndim >= (2 if run_dim is None else 3)
+    dynamo = torch._dynamo
+    from torch._dynamo.utils import counters
+
+    if dynamo.config.skip_nnmodule_hook_guards and counters["stats"]["unique_graphs"]:
+        warnings.warn(
+            "Recorder attached after torch.compile compiled graphs in this process: code "
+            "compiled before the hooks existed may not run them (its layers would record "
+            "nothing). Attach the Recorder before the first compiled call, or call "
+            "torch.compiler.reset() after attaching",
+            stacklevel=4,
+        )
+    dynamo.config.skip_nnmodule_hook_guards = False
 
 
-def _first_tensor(value, floating_only: bool = True) -> torch.Tensor | None:
-    """The first (floating) tensor in a tensor / tuple / list / dict, depth first."""
-    if isinstance(value, torch.Tensor):
-        return value if value.is_floating_point() or not floating_only else None
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, list | tuple):
-        for item in value:
-            found = _first_tensor(item, floating_only)
-            if found is not None:
-                return found
-    return None
-
-
-def select_modules(
-    model: nn.Module,
-    include: Selector = None,
-    exclude: Selector = None,
-    run_dim: int | None = None,
-):
-    """Return ``[(name, module)]`` chosen by ``include`` / ``exclude``.
-
-    Candidates are the modules owning a matrix ``weight`` (:func:`owns_matrix_weight`).
-    Glob patterns (one or several) filter those candidates by qualified name. A callable
-    ``(name, module) -> bool`` is applied to *every* named module instead, so it can select
-    modules without weights (activations, residual blocks). An include glob that matches no
-    candidate raises ``ValueError`` listing the candidates.
-    """
-    named = [(name or ROOT_NAME, m) for name, m in model.named_modules()]
-    candidates = [(name, m) for name, m in named if owns_matrix_weight(m, run_dim)]
-    chosen = _apply(include, named, candidates, keep=True) if include is not None else candidates
-    if exclude is not None:
-        dropped = {name for name, _ in _apply(exclude, named, chosen, keep=True, check=False)}
-        chosen = [(name, m) for name, m in chosen if name not in dropped]
-    return chosen
-
-
-def _apply(selector, named, candidates, keep: bool, check: bool = True):
-    if callable(selector):
-        return [(name, m) for name, m in named if selector(name, m)]
-    if not isinstance(selector, str | list | tuple | set | frozenset):
-        raise TypeError(f"include/exclude must be glob string(s) or a callable, got {selector!r}")
-    patterns = [selector] if isinstance(selector, str) else list(selector)
-    if not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"include/exclude must be glob string(s) or a callable, got {selector!r}")
-    chosen = []
-    for pattern in patterns:
-        hits = [(n, m) for n, m in candidates if fnmatch.fnmatchcase(n, pattern)]
-        if check and not hits:
-            names = ", ".join(n for n, _ in candidates[:40]) or "(none)"
-            more = f" ... ({len(candidates)} in all)" if len(candidates) > 40 else ""
-            raise ValueError(
-                f"include pattern {pattern!r} matches no recordable layer; available: {names}{more}"
-            )
-        chosen.extend(hit for hit in hits if hit[0] not in {n for n, _ in chosen})
-    return chosen
-
-
-def _group_by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[int]]:
-    """Indices of ``tensors`` grouped so each group can be stacked (usually one group)."""
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((t.device, t.dtype), []).append(i)
-    return list(groups.values())
-
-
-def _record_grad_norm(
-    recorder: weakref.ref, step: int, code: int, call: int, grad: torch.Tensor
-) -> None:
-    """Tensor hook on a recorded output: ``grad_norm`` of the gradient flowing back into it."""
-    alive = recorder()
-    if alive is not None and alive._attached:
-        alive._put(M.output_norm(grad, alive.run_dim), step, code, call, _CODE["grad_norm"])
-
-
-def _check_metrics(metrics) -> tuple[str, ...]:
-    """``metrics`` as a tuple of known metric names (one name may be given as a string)."""
-    if metrics is None:
-        return METRICS
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    if not isinstance(metrics, Iterable):
-        raise TypeError(f"metrics must be metric name(s) from {list(METRICS)}, got {metrics!r}")
-    metrics = tuple(metrics)
-    unknown = [m for m in metrics if not isinstance(m, str) or m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown!r}; choose from {list(METRICS)}")
-    return metrics
-
-
-def _grad_target(out: torch.Tensor, args) -> torch.Tensor:
-    """The tensor whose gradient equals the gradient with respect to ``out``.
-
-    A Linear on a >2-d input returns a view of its 2-d product; an in-place operation on
-    that view afterwards would detach a hook registered on the view, so the hook goes on
-    the view's base when it holds exactly the same elements (and is not an input).
-    """
-    base = out._base
-    if base is None or base.numel() != out.numel() or not base.requires_grad:
-        return out
-    if any(base is x for x in _tensors(args)):
-        return out
-    return base
-
-
-def _tensors(value):
-    """Every tensor in nested tuples / lists / dicts."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _tensors(item)
-
-
-class _ForwardHook:
-    """The forward hook of one recorded layer.
-
-    A copy of the model (``copy.deepcopy``, e.g. an EMA or ``AveragedModel`` twin) copies
-    its hooks too; the copy gets a hook that does nothing, so it never feeds this recorder.
-    """
-
-    def __init__(self, hook, code: int) -> None:
-        self.hook, self.code = hook, code
-
-    def __call__(self, module, args, kwargs, output):
-        return self.hook(self.code, module, args, kwargs, output)
-
-    def __deepcopy__(self, memo):
-        return _noop_hook
-
-
-def _noop_hook(module, args, kwargs, output) -> None:
-    return None
-
-
-class Recorder:
+class Recorder(ForwardRecording):
     """Record per-layer output norms, gains, gradient norms and weight coherence.
 
     Args:
@@ -245,6 +141,23 @@ class Recorder:
             leading run dimension, e.g. :mod:`stability.paper.stacked`), the dimension indexing
             the runs. Every metric is then computed per run and the table gains a ``run``
             column after ``step``. ``None`` (default): one run, the table of DESIGN.md.
+        record_no_grad: Record forwards that run with autograd disabled. ``False``
+            (default): such a forward (under ``torch.no_grad()``, ``torch.inference_mode()``;
+            :func:`~stability.records.hooks.evaluation_forward`) is an evaluation forward,
+            not a call of the training step, and records nothing, so the common loop
+            ``train step; rec.step(); with torch.no_grad(): validate`` gives the table of
+            the training forwards alone. ``True``: every forward is a call (a Recorder that
+            watches inference or evaluation on purpose); a validation forward is then one
+            more call of the step that follows.
+
+    Calls: ``call_idx`` numbers the recorded forwards of one module within one step, from
+    0, in the order they run. With gradient accumulation over ``k`` micro-batches before
+    ``step()`` they are calls ``0 .. k-1`` (call 0 = the first micro-batch); a module called
+    twice per forward (weight sharing) has two calls per micro-batch. Weight metrics are
+    recorded once per weight step, at call 0. Not calls: evaluation forwards (above),
+    forwards inside :meth:`paused`, and activation checkpointing's re-run of a forward
+    inside backward (reentrant checkpointing's first forward, which runs under no_grad, is
+    a call). The fits (:mod:`stability.fitting`) read call 0 by default.
 
     The Recorder attaches on construction and detaches on ``close()`` or when its ``with``
     block ends; the records stay available after detaching.
@@ -261,6 +174,7 @@ class Recorder:
         weight_every: int = 100,
         flush_every: int = 100,
         run_dim: int | None = None,
+        record_no_grad: bool = False,
     ) -> None:
         for arg, value in (
             ("every", every),
@@ -271,32 +185,47 @@ class Recorder:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"Recorder needs an nn.Module, got {type(model).__name__}")
-        self.metrics = _check_metrics(metrics)
+        self.metrics = check_metrics(metrics)
         self.every, self.weight_every = int(every), int(weight_every)
         self.flush_every = int(flush_every)
         self._forward = [m for m in FORWARD_METRICS if m in self.metrics]
         self._weight = [m for m in WEIGHT_METRICS if m in self.metrics]
         self._grad = "grad_norm" in self.metrics
 
+        if not isinstance(record_no_grad, bool):
+            raise TypeError(f"record_no_grad must be True or False, got {record_no_grad!r}")
+        self.record_no_grad = record_no_grad
         self.run_dim = run_dim
         self._model = unwrap_model(model)
         self.layers = select_modules(self._model, include, exclude, run_dim)
         if not self.layers:
-            import warnings
-
             warnings.warn(
                 f"Recorder selected no layer of {type(self._model).__name__}: nothing will be "
                 "recorded (no module owns a weight with ndim >= 2, or include/exclude removed all)",
                 stacklevel=2,
             )
         self.layer_names = [name for name, _ in self.layers]
-        self._layer_idx: dict[str, int] = {}
+        self._layer_idx: dict[str, int] = {}  # depth order: layer name -> layer_idx
+        self._depth_order: list[int] = []  # layer codes in depth order (hooks.py)
+        self._depth_rank: dict[int, int] = {}  # layer code -> its place in _depth_order
+        self._last_code: int | None = None  # the layer called last in this step
 
         self.step_count = 0
         self._calls = [0] * len(self.layers)  # calls so far this step, by layer code
         self._recompute_calls = [0] * len(self.layers)  # checkpointing re-runs this step
         self._grad_hooked: set[tuple[int, int]] = set()  # (layer, call) with a grad hook
         self._last_output: tuple | None = None  # (weakref, version, norm) of the last output
+        self._input_before: dict[int, torch.Tensor] = {}  # ||x|| before an in-place forward
+        self._fresh_weights: dict[int, torch.Tensor] = {}  # parametrized weights this forward
+        self._tied_weights: dict = {}  # weight metrics of this step by tensor (weights.py)
+        self._hook_modules = hook_modules(self._model, self.layers)
+        # attention's out_proj: its record hangs on the attention module (weights only)
+        layer_modules = [module for _, module in self.layers]
+        self._weights_only = {
+            code
+            for code, target in enumerate(self._hook_modules)
+            if target is not layer_modules[code]
+        }
         self._pending: list[torch.Tensor] = []
         self._pending_keys: list[tuple[int, int, int, int, int]] = []
         self._stacked: list[torch.Tensor] = []
@@ -305,8 +234,10 @@ class Recorder:
         self._host_keys: list[np.ndarray] = []
         self._handles: list = []
         self._attached = False
+        self._function_transform_warned = False
         self._depth = 0  # nesting of ``with`` blocks; construction attaches without entering
         self._paused = False
+        self._silent_checked = False  # the first flush warns about layers without rows
         self._set_phase()
         self._attach()
 
@@ -314,18 +245,30 @@ class Recorder:
     def _attach(self) -> None:
         if self._attached:
             return  # attaching twice never records twice
+        if self._model in _ACTIVE:
+            gc.collect()  # a dropped Recorder caught in a reference cycle releases the model
         owner = _ACTIVE.get(self._model)
         if owner is not None:
             raise RuntimeError(
                 f"{type(self._model).__name__} already has an active Recorder ({owner}); "
                 "close it before attaching another"
             )
-        hook = torch._dynamo.disable(self._forward_hook)
-        # the autograd graph must not keep the recorder alive: grad hooks hold a weak reference
-        self._grad_hook = partial(torch._dynamo.disable(_record_grad_norm), weakref.ref(self))
-        for code, (_, module) in enumerate(self.layers):
-            handle = module.register_forward_hook(_ForwardHook(hook, code), with_kwargs=True)
-            self._handles.append(handle)
+        _prepare_compile()
+        me = weakref.ref(self)  # hooks never keep the recorder alive (see hooks.dispatch)
+        self._grad_hook = partial(torch._dynamo.disable(_record_grad_norm), me)
+        cls = type(self)
+        for code, target in enumerate(self._hook_modules):
+            hook = LayerHook(cls._forward_hook, me, code)
+            self._handles.append(target.register_forward_hook(hook, with_kwargs=True))
+            if overwrites_input(target):  # read ||x|| before the forward overwrites x
+                pre = LayerHook(cls._pre_hook, me, code, pre=True)
+                self._handles.append(target.register_forward_pre_hook(pre, with_kwargs=True))
+            plist = weight_parametrization(self.layers[code][1])
+            if plist is not None:  # keep the weight the forward computes (no second run)
+                grab = LayerHook(cls._capture_weight, me, code)
+                self._handles.append(plist.register_forward_hook(grab, with_kwargs=True))
+        # Dropped without close(): remove the hooks and free the model for another Recorder.
+        self._finalizer = weakref.finalize(self, _release, self._handles, weakref.ref(self._model))
         _ACTIVE[self._model] = f"Recorder at {id(self):#x}"
         self._attached = True
 
@@ -333,12 +276,20 @@ class Recorder:
         """Flush pending values and remove every hook (idempotent)."""
         self._commit_step()
         self.flush()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
         if self._attached:
-            _ACTIVE.pop(self._model, None)
+            self._finalizer()  # removes the hooks and the model's active mark, once
         self._attached = False
+
+    def _warn_function_transform(self) -> None:
+        """Say once that values inside ``torch.func`` transforms are not recorded."""
+        if not self._function_transform_warned:
+            self._function_transform_warned = True
+            warnings.warn(
+                "Recorder: layers ran inside a torch.func transform (vmap/grad/jvp); their "
+                "per-sample values are not recorded (run the model outside the transform to "
+                "record it)",
+                stacklevel=3,
+            )
 
     def __enter__(self) -> Recorder:
         self._attach()
@@ -370,94 +321,13 @@ class Recorder:
         self._pending.append(value)
         self._pending_keys.append((step, layer, call, code, aux))
 
-    def _forward_hook(self, code: int, module: nn.Module, args, kwargs, output) -> None:
-        if self._paused or not (self._recording or self._weights_due):
-            return
-        if torch._C._current_autograd_node() is not None:
-            self._recomputed(code, output)  # a forward re-run inside backward (checkpointing)
-            return
-        call = self._calls[code]
-        self._calls[code] = call + 1
-        self._layer_idx.setdefault(self.layer_names[code], len(self._layer_idx))
-        if self._recording:
-            out = _first_tensor(output)
-            if out is not None:
-                self._record_output(out, (args, kwargs), code, call)
-        if self._weights_due and call == 0 and owns_matrix_weight(module, self.run_dim):
-            self._record_weights(module, code)
-
-    def _record_output(self, out: torch.Tensor, args, code: int, call: int) -> None:
-        """``||o||`` (and ``||x||`` for the gain) now; ``grad_norm`` by a hook on ``out``."""
-        step = self.step_count
-        if self._forward:
-            norm = M.output_norm(out, self.run_dim)
-            self._put(norm, step, code, call, _RAW_OUTPUT_NORM, self._elements_per_run(out))
-            if "gain" in self._forward:
-                x = _first_tensor(args)
-                if x is not None:
-                    self._record_input(x, norm, step, code, call)
-            self._remember_output(out, norm)
-        if self._grad and out.requires_grad:
-            self._grad_hooked.add((code, call))
-            target = _grad_target(out, args)
-            target.grad_fn  # noqa: B018 - materialise the node first (avoids a torch crash on views)
-            target.register_hook(partial(self._grad_hook, step, code, call))
-
-    def _recomputed(self, code: int, output) -> None:
-        """Activation checkpointing re-runs a layer's forward inside backward: it is not a
-        new call and records nothing, except the ``grad_norm`` hook when the original call
-        ran without autograd (reentrant checkpointing runs the first forward under no_grad)."""
-        call = self._recompute_calls[code]
-        self._recompute_calls[code] = call + 1
-        out = _first_tensor(output)
-        if not (self._recording and self._grad) or out is None or not out.requires_grad:
-            return
-        if (code, call) not in self._grad_hooked:
-            self._grad_hooked.add((code, call))
-            out.grad_fn  # noqa: B018 - materialise the node first (avoids a torch crash on views)
-            out.register_hook(partial(self._grad_hook, self.step_count, code, call))
-
-    def _record_input(
-        self, x: torch.Tensor, norm: torch.Tensor, step: int, code: int, call: int
-    ) -> None:
-        """``||x||`` as the row right after ``||o||`` (flush divides them); ``gain`` directly
-        when the two norms cannot be stacked together (different device or dtype)."""
-        x_norm = self._input_norm(x)
-        if x_norm.dtype == norm.dtype and x_norm.device == norm.device:
-            self._put(x_norm, step, code, call, _RAW_INPUT_NORM)
-        else:
-            self._put(norm / x_norm, step, code, call, _CODE["gain"])
-
-    def _input_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """``||x||``, reusing the norm of the last recorded output when ``x`` is that very
-        tensor and no in-place operation has changed it since (same version counter)."""
-        last = self._last_output
-        if last is not None and last[0]() is x and last[1] == x._version:
-            return last[2]
-        return M.output_norm(x, self.run_dim)
-
-    def _remember_output(self, out: torch.Tensor, norm: torch.Tensor) -> None:
-        # a weak reference: remembering must not keep the activation alive; inference
-        # tensors have no version counter, so they are never reused
-        self._last_output = None if out.is_inference() else (weakref.ref(out), out._version, norm)
-
-    def _elements_per_run(self, out: torch.Tensor) -> int:
-        """Elements of ``out`` per run (all of them without ``run_dim``), for ``output_rms``."""
-        if self.run_dim is None:
-            return out.numel()
-        runs = out.shape[self.run_dim]
-        return out.numel() // runs if runs else 0
-
     def _record_weights(self, module: nn.Module, code: int) -> None:
-        with torch.no_grad():
-            weight = module.weight
-            values = {"weight_norm": M.weight_norm(weight, self.run_dim)}
-            if "coherence" in self._weight or "coherence_mean" in self._weight:
-                groups = getattr(module, "groups", 1)
-                coherence = M.row_coherence(weight, run_dim=self.run_dim, groups=groups)
-                values["coherence"], values["coherence_mean"] = coherence
-        for metric in self._weight:
-            self._put(values[metric], self.step_count, code, 0, _CODE[metric])
+        fresh = self._fresh_weights.pop(code, None)  # the weight this forward computed
+        values = weight_metric_values(
+            module, self._weight, self.run_dim, fresh, shared=self._tied_weights
+        )
+        for metric, value in values.items():
+            self._put(value, self.step_count, code, 0, CODE[metric])
 
     # ------------------------------------------------------------------ buffers
     def _commit_step(self) -> None:
@@ -465,7 +335,7 @@ class Recorder:
         if not self._pending:
             return
         keys = np.asarray(self._pending_keys, dtype=np.int64)
-        for positions in _group_by_device_and_dtype(self._pending):
+        for positions in group_by_device_and_dtype(self._pending):
             self._stacked.append(torch.stack([self._pending[i] for i in positions]))
             self._stacked_keys.append(keys[positions])
         self._pending.clear()
@@ -489,6 +359,9 @@ class Recorder:
         self._recompute_calls = [0] * len(self.layers)
         self._grad_hooked.clear()
         self._last_output = None
+        self._last_code = None
+        self._fresh_weights.clear()
+        self._tied_weights.clear()
         if self.step_count % self.flush_every == 0:
             self.flush()
         self._set_phase()
@@ -509,13 +382,13 @@ class Recorder:
                     f"loss must hold one value per run ({runs} runs), got shape "
                     f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ()}"
                 )
-        self._put(value, self.step_count, len(self.layers), 0, _CODE[LOSS_METRIC])
+        self._put(value, self.step_count, len(self.layers), 0, CODE[LOSS_METRIC])
 
     def flush(self) -> None:
         """Copy the stacked device values to the host (one concatenation and copy per device)."""
         if not self._stacked:
             return
-        for positions in _group_by_device_and_dtype(self._stacked):
+        for positions in group_by_device_and_dtype(self._stacked):
             values = torch.cat([self._stacked[i] for i in positions]).cpu().numpy()
             keys = np.concatenate([self._stacked_keys[i] for i in positions])
             values, keys = self._table_rows(values, keys)
@@ -523,39 +396,28 @@ class Recorder:
             self._host_keys.append(keys)
         self._stacked.clear()
         self._stacked_keys.clear()
+        if not self._silent_checked:
+            self._silent_checked = True
+            self._warn_silent_layers()
+
+    def _warn_silent_layers(self) -> None:
+        """At the first flush, one warning naming the selected layers whose forward hook
+        never fired on a recorded step: a module its parent bypasses
+        (``F.multi_head_attention_forward`` reads ``out_proj.weight`` without calling
+        ``out_proj``), a branch not taken, a shared module called zero times."""
+        silent = [n for code, n in enumerate(self.layer_names) if code not in self._depth_rank]
+        if silent:
+            warnings.warn(
+                f"Recorder: selected layer(s) {', '.join(silent)} never ran up to step "
+                f"{self.step_count} and have no rows: not called as modules "
+                "(bypassed by their parent, a branch not taken); exclude them or select "
+                "their parent",
+                stacklevel=4,
+            )
 
     def _table_rows(self, values: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Host side of a flush: raw norms -> table rows, keys ``(step, layer, call, metric)``.
-
-        ``output_norm`` is the raw ``||o||``; ``output_rms = ||o|| / sqrt(n)`` (NaN for
-        ``n = 0``, as :func:`stability.metrics.rms_from_norm`); ``gain = ||o|| / ||x||`` from
-        each ``||x||`` row and the ``||o||`` row just before it. The divisions run in the
-        values' dtype, exactly as they would on the device.
-        """
-        code = keys[:, 3]
-        direct = code < len(METRICS)
-        outputs = np.flatnonzero(code == _RAW_OUTPUT_NORM)
-        inputs = np.flatnonzero(code == _RAW_INPUT_NORM)
-        parts = [(values[direct], keys[direct, :4])]
-
-        def rows(value: np.ndarray, at: np.ndarray, metric: str) -> None:
-            metric_keys = keys[at, :4].copy()
-            metric_keys[:, 3] = _CODE[metric]
-            parts.append((value, metric_keys))
-
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if "output_norm" in self._forward:
-                rows(values[outputs], outputs, "output_norm")
-            if "output_rms" in self._forward:
-                root_n = np.sqrt(keys[outputs, 4].astype(np.float64)).astype(values.dtype)
-                rows(
-                    values[outputs] / root_n.reshape(-1, *[1] * (values.ndim - 1)),
-                    outputs,
-                    "output_rms",
-                )
-            if "gain" in self._forward:
-                rows(values[inputs - 1] / values[inputs], inputs, "gain")
-        return np.concatenate([v for v, _ in parts]), np.concatenate([k for _, k in parts])
+        """Host side of a flush (:func:`stability.records.rows.table_rows`)."""
+        return table_rows(values, keys, self._forward)
 
     @property
     def pending_device_tensors(self) -> int:

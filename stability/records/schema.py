@@ -2,16 +2,21 @@
 
 One value per row (tidy):
 
-======== ==========================================================================
-column   meaning
-======== ==========================================================================
-step     optimizer step, from ``Recorder.step()`` (0-based)
-layer    the module's qualified name (``module.`` and ``_orig_mod.`` stripped)
-layer_idx  depth order: the rank of the layer's first forward call in the run
-call_idx which call of that module within the step (shared modules, accumulation)
-metric   one of :data:`METRICS`
-value    float
-======== ==========================================================================
+=========  ========================================================================
+column     meaning
+=========  ========================================================================
+step       optimizer step, from ``Recorder.step()`` (0-based)
+layer      the module's qualified name (``module.`` and ``_orig_mod.`` stripped)
+layer_idx  depth order: the order of first forward calls, merged over the steps (a layer
+           first seen late, e.g. skipped by LayerDrop at step 0, goes right after the
+           layer called before it); one value per layer for the whole table
+call_idx   which call of that module within the step, from 0 in the order they ran: the
+           micro-batches of gradient accumulation (call 0 = the first), the repeated calls
+           of a shared module; evaluation forwards (autograd disabled) are no calls and
+           have no rows unless ``Recorder(record_no_grad=True)``; weight metrics: call 0
+metric     one of :data:`METRICS`
+value      float
+=========  ========================================================================
 
 The training loss given to ``Recorder.step(loss=...)`` is the metric ``loss`` of the
 pseudo-layer ``(loss)`` at ``layer_idx`` -1 (:data:`LOSS_LAYER`, :data:`LOSS_LAYER_IDX`).
@@ -28,14 +33,18 @@ from __future__ import annotations
 COLUMNS: tuple[str, ...] = ("step", "layer", "layer_idx", "call_idx", "metric", "value")
 
 #: Metrics of the forward pass: ``output_norm`` ``||o||_2``, ``output_rms``
-#: ``||o||_2 / sqrt(numel(o))`` and ``gain`` ``||o|| / ||x||``.
+#: ``||o||_2 / sqrt(numel(o))`` and ``gain`` ``||o|| / ||x||`` (NaN when ``||x|| = 0``).
 FORWARD_METRICS: tuple[str, ...] = ("output_norm", "output_rms", "gain")
 #: Metrics of the backward pass: ``grad_norm`` ``||dL/do||_2``.
 GRAD_METRICS: tuple[str, ...] = ("grad_norm",)
 #: Metrics of the effective weight, computed every ``weight_every`` steps: ``weight_norm``
 #: ``||W||_F``, ``coherence`` ``max_{i!=j} |cos(w_i, w_j)|`` and ``coherence_mean``, the mean
-#: of the same over ``i != j`` (rows ``w_i`` are the layer's output units).
-WEIGHT_METRICS: tuple[str, ...] = ("weight_norm", "coherence", "coherence_mean")
+#: of the same over ``i != j``, both over the pairs of distinct *nonzero* rows, and
+#: ``zero_rows``, the number of zero rows they left out (a padding embedding's tied decoder,
+#: a pruned unit; a zero row has no direction), recorded only where it is not 0. Rows
+#: ``w_i`` are the layer's output units whatever the storage layout (see
+#: :mod:`stability.records.weights`).
+WEIGHT_METRICS: tuple[str, ...] = ("weight_norm", "coherence", "coherence_mean", "zero_rows")
 #: The training loss, given to ``Recorder.step(loss=...)``: one row per recorded step (per
 #: run with ``run_dim``), on the pseudo-layer :data:`LOSS_LAYER` at :data:`LOSS_LAYER_IDX`.
 LOSS_METRIC: str = "loss"
@@ -57,13 +66,18 @@ METRICS: tuple[str, ...] = FORWARD_METRICS + GRAD_METRICS + WEIGHT_METRICS + LOS
 #: ``sqrt(numel)`` (a healthy ResNet-50 layer at batch 256 has ``||o|| ~ 1e4``),
 #: ``weight_norm`` with the layer size, ``grad_norm`` with the fp16 loss scale (65536 by
 #: default), and ``gain`` is legitimately huge for a layer whose input is nearly zero
-#: (dead ReLUs): these, and any other metric, are judged for non-finite values only.
+#: (dead ReLUs): these, and any other metric outside :data:`NOT_DIVERGENCE_METRICS`, are
+#: judged for non-finite values only.
 THRESHOLD_METRICS: frozenset[str] = frozenset({"output_rms"})
 
-#: Metrics the divergence rule ignores: row coherence is NaN for a weight with a zero row
-#: (e.g. ``nn.Embedding(padding_idx=0)``, a zero-initialised classifier head), a healthy
-#: state, and a diverging weight already shows in ``weight_norm``.
-NOT_DIVERGENCE_METRICS: frozenset[str] = frozenset({"coherence", "coherence_mean"})
+#: Metrics the divergence rule ignores. Row coherence: a diverging weight already shows in
+#: ``weight_norm``, and ``zero_rows`` is a count. ``gain = ||o|| / ||x||`` is NaN for an
+#: all-zero input (a dead input, not a divergence), and whenever it is non-finite for a
+#: nonzero finite input, ``||o||`` itself is non-finite and the layer's ``output_norm`` /
+#: ``output_rms`` rows already report the divergence at the same step.
+NOT_DIVERGENCE_METRICS: frozenset[str] = frozenset(
+    {"coherence", "coherence_mean", "zero_rows", "gain"}
+)
 
 #: The divergence rule's default magnitude threshold on :data:`THRESHOLD_METRICS`.
 DEFAULT_THRESHOLD: float = 1e6
