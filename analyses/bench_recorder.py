@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Recorder overhead vs no hooks and an ``.item()`` baseline; host syncs (CUDA) and memory.
+"""Recorder overhead vs no hooks and its peer hook patterns, at 1 thread and torch's
+default; host syncs (CUDA) and memory.
 
     python analyses/bench_recorder.py --preset quick   # CI, well under a minute on 2 cores
     python analyses/bench_recorder.py                  # the full benchmark (minutes on CPU)
+    python analyses/bench_recorder.py --threads 1,2,4  # other thread counts
     git show HEAD:stability/records/recorder.py > /tmp/recorder_before.py
     python analyses/bench_recorder.py --compare-with /tmp/recorder_before.py
 
@@ -44,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     default = BenchConfig()
     p = OneLineParser(
         prog=PROG,
-        description="Recorder overhead vs no hooks and an .item() baseline, interleaved in one "
-        "process; host syncs (CUDA) and memory.",
+        description="Recorder overhead vs no hooks, empty hooks, naive .item() hooks, a "
+        "buffered pattern and a mup-style coord check, interleaved in one process at each "
+        "thread count; host syncs (CUDA) and memory.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = p.add_argument
@@ -60,10 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", default=None, help="torch device; cuda when available, else cpu")
     add(
         "--threads",
-        type=positive_int,
-        default=default.threads,
-        help="torch.set_num_threads (1: on a shared CPU a second intra-op thread makes every "
-        "parallel op wait for a time slice, and the timings measure the scheduler)",
+        type=comma_list(positive_int),
+        default=None,
+        help="comma-separated torch.set_num_threads values, timed in the same rounds "
+        "(default: 1 and torch's default)",
     )
     add(
         "--workloads",

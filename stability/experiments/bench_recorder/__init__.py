@@ -2,7 +2,9 @@
 
 ``run(BenchConfig(...))`` times every variant of :mod:`.variants` on every workload of
 :mod:`.workloads` with the harness of :mod:`.timing`, and writes the tables, figures and
-report of :mod:`.report`. Timed steps per block are a multiple of 10, so a block of an
+report of :mod:`.report`. Every thread count of ``config.threads`` (default: 1 and
+torch's default) is timed in the same interleaved rounds. Timed steps per block are a
+multiple of 10, so a block of an
 "every 10" variant holds exactly one recorded (or weight) step.
 
 Writes into ``config.out`` (new or empty; default ``runs/bench/<timestamp>``; files are
@@ -22,6 +24,7 @@ from dataclasses import asdict
 from stability.experiments.bench_recorder.config import (
     DEFAULT_PARENT,
     EXPERIMENT,
+    LINEAR_BOUND,
     PRESETS,
     WORKLOADS,
     BenchConfig,
@@ -66,8 +69,8 @@ def run(config: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
     compare = None
     if config.compare_with is not None:
         compare = (config.compare_with.stem, load_recorder_class(config.compare_with))
+    thread_counts = config.thread_counts(torch.get_num_threads())
     out = new_output_dir(config.out, DEFAULT_PARENT)
-    torch.set_num_threads(config.threads)
     torch.set_flush_denormal(True)
     factories = variant_factories(compare)
     machine = report.machine_info(device)
@@ -76,7 +79,7 @@ def run(config: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
         log(f"timing {workload.name}: {workload}")
         trainer = build_trainer(workload, device)
         begun = time.perf_counter()
-        blocks.append(timing.time_workload(workload, trainer, factories, progress=log))
+        blocks.append(timing.time_workload(workload, trainer, factories, thread_counts, log))
         log(f"  {workload.name}: {time.perf_counter() - begun:.0f} s")
         if device.type == "cuda":
             counted = timing.count_syncs(trainer, factories, config.sync_steps)
@@ -99,7 +102,8 @@ def run(config: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
     targets.to_csv(out / "targets.csv", index=False)
     if len(syncs):
         syncs.to_csv(out / "syncs.csv", index=False)
-    report.draw_overhead(summary, out, {"resnet50": 1.03 if device.type == "cuda" else 1.05})
+    bounds = {"resnet50": 1.03 if device.type == "cuda" else 1.05, "deep_linear": LINEAR_BOUND}
+    report.draw_overhead(summary, out, bounds)
     if len(memory):
         memory.to_csv(out / "memory.csv", index=False)
         report.draw_memory(memory, out)
@@ -110,6 +114,7 @@ def run(config: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
         machine=machine,
         workloads={name: asdict(w) for name, w in workloads.items()},
         variants=list(factories),
+        thread_counts=list(thread_counts),
         memory=memory_stats,
         lr=0.0,
     )

@@ -21,10 +21,17 @@ LABELS = {"resnet50": "ResNet-50", "deep_linear": "deep linear (50 x 64)"}
 #: The default Recorder's weight schedule, amortized over this many steps.
 WEIGHT_EVERY = 100
 NO_HOOKS = "no hooks"
+#: The peer patterns of :mod:`.peers`, timed beside the Recorder.
+EMPTY_HOOKS = "empty hooks"
+ITEM_BASELINE = "naive .item() hooks"
+BUFFERED = "buffered (stack per step)"
+COORD_CHECK = "mup coord check"
+PEERS = (EMPTY_HOOKS, ITEM_BASELINE, BUFFERED, COORD_CHECK)
 RECORDER = "recorder"
 WEIGHTS_EVERY_10 = "recorder weights every 10"
 WEIGHTS_AMORTIZED = "recorder weights every 100 (amortized)"
-ITEM_BASELINE = ".item() baseline"
+#: The deep linear network's goal for the Recorder every step (launch-bound worst case).
+LINEAR_BOUND = 1.13
 
 #: Preset name -> the config values it sets (flags given explicitly override them).
 #: ``quick`` also shrinks the workloads (see ``workloads.default_workloads``) and leaves
@@ -42,8 +49,9 @@ class BenchConfig:
             command line, or by ``BenchConfig(**PRESETS[name], preset=name)``.
         out: Output folder, new or empty (default ``runs/bench/<timestamp>``).
         device: Torch device; None: cuda when available, else cpu.
-        threads: ``torch.set_num_threads`` (1: on a shared CPU a second intra-op thread
-            makes every parallel op wait for a time slice).
+        threads: The ``torch.set_num_threads`` values timed, interleaved in the same
+            rounds; empty: 1 and torch's default (``torch.get_num_threads()`` when
+            :func:`run` starts), one entry if they are equal.
         workloads: Subset of :data:`WORKLOADS`.
         rounds: Measured rounds per workload; None: the workload's own.
         steps: Timed steps per block, a multiple of 10; None: the workload's own.
@@ -55,7 +63,7 @@ class BenchConfig:
     preset: str = "full"
     out: Path | None = None
     device: str | None = None
-    threads: int = 1
+    threads: tuple[int, ...] = ()
     workloads: tuple[str, ...] = WORKLOADS
     rounds: int | None = None
     steps: int | None = None
@@ -71,7 +79,9 @@ class BenchConfig:
             raise ValueError(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")
         if self.steps is not None and (self.steps < 10 or self.steps % 10):
             raise ValueError(f"steps must be a positive multiple of 10, got {self.steps}")
-        for name in ("threads", "rounds", "sync_steps"):
+        if any(count < 1 for count in self.threads):
+            raise ValueError(f"threads must be >= 1, got {list(self.threads)}")
+        for name in ("rounds", "sync_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -82,6 +92,10 @@ class BenchConfig:
     def quick(self) -> bool:
         """Whether this is the ``quick`` preset (CI sizes)."""
         return self.preset == "quick"
+
+    def thread_counts(self, default: int) -> tuple[int, ...]:
+        """The thread counts to time: ``threads``, or 1 and ``default`` (torch's)."""
+        return tuple(dict.fromkeys(self.threads or (1, default)))
 
 
 @dataclass(frozen=True)

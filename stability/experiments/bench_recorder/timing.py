@@ -5,7 +5,8 @@ One sample is the mean step time over a block of ``steps`` training steps (forwa
 backward, ``optimizer.step``, ``zero_grad``, ``probe.step()``), timed after one untimed
 step on a freshly attached probe. Every variant trains the same model instance in one
 process, interleaved round-robin (the order rotates each round; the first rounds are a
-warm-up and are discarded). The default Recorder flushes every 100 steps; blocks are
+warm-up and are discarded), at every thread count in the same rounds. The default
+Recorder flushes every 100 steps; blocks are
 shorter, so the flush (one concatenation and copy per 100 steps) is not in the timed
 blocks.
 
@@ -70,24 +71,37 @@ def time_workload(
     workload: Workload,
     trainer: Trainer,
     factories: dict[str, ProbeFactory],
+    thread_counts: tuple[int, ...] = (1,),
     progress: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """One row per measured block: workload, variant, round, steps, seconds (per step)."""
+    """One row per measured block: workload, threads, variant, round, steps, seconds.
+
+    Each round times every thread count (``torch.set_num_threads``) and, within it, every
+    variant in rotated order; a ratio is only ever taken within one round and one thread
+    count, so a change of load between rounds cancels.
+    """
     names = list(factories)
     rows = []
-    for round_index in range(workload.warmup_rounds + workload.rounds):
-        for name in rotated(names, round_index):
-            probe = factories[name](trainer.model, 100)
-            try:
-                seconds = time_block(trainer, probe, workload.steps)
-            finally:
-                if probe is not None:
-                    probe.close()
-            if round_index >= workload.warmup_rounds:
-                rows.append((workload.name, name, round_index, workload.steps, seconds))
-        total = workload.warmup_rounds + workload.rounds
-        progress(f"  {workload.name}: round {round_index + 1}/{total} done")
-    return pd.DataFrame(rows, columns=["workload", "variant", "round", "steps", "seconds"])
+    total = workload.warmup_rounds + workload.rounds
+    try:
+        for round_index in range(total):
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                for name in rotated(names, round_index):
+                    probe = factories[name](trainer.model, 100)
+                    try:
+                        seconds = time_block(trainer, probe, workload.steps)
+                    finally:
+                        if probe is not None:
+                            probe.close()
+                    if round_index >= workload.warmup_rounds:
+                        row = (workload.name, threads, name, round_index, workload.steps, seconds)
+                        rows.append(row)
+            progress(f"  {workload.name}: round {round_index + 1}/{total} done")
+    finally:
+        torch.set_num_threads(thread_counts[-1])
+    columns = ["workload", "threads", "variant", "round", "steps", "seconds"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def count_syncs(trainer: Trainer, factories: dict[str, ProbeFactory], steps: int) -> pd.DataFrame:

@@ -39,7 +39,7 @@ def default_workloads(device: torch.device, quick: bool) -> dict[str, Workload]:
     cuda = device.type == "cuda"
     if quick:
         resnet = Workload("resnet50", 32 if cuda else 4, 112 if cuda else 64, 10, 1, 0, cuda, cuda)
-        linear = Workload("deep_linear", 256, 0, 10, 5, 1, False, False)
+        linear = Workload("deep_linear", 256, 0, 10, 3, 1, False, False)
     elif cuda:
         resnet = Workload("resnet50", 256, 224, 20, 10, 1, True, True)
         linear = Workload("deep_linear", 256, 0, 50, 30, 1, False, False)
