@@ -11,16 +11,17 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
 
-from stability.paper import data
+from stability.experiments.cli import OneLineParser
 
 
 def found(data_dir: str | None) -> bool:
+    from stability.paper import data  # torch: not for --help
+
     try:
         data.load_arrays("fashion-mnist", "test", data_dir, subset=1)
         data.load_arrays("fashion-mnist", "train", data_dir, subset=1)
@@ -43,7 +44,7 @@ def install_with_apt() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="also look here, and download here")
     args = parser.parse_args(argv)
     if found(args.data_dir):
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Fashion-MNIST: installed from Debian's dataset-fashion-mnist")
         return 0
     print("Fashion-MNIST: downloading with torchvision ...", flush=True)
+    from stability.paper import data
+
     try:
         for split in ("train", "test"):
             data.load_arrays("fashion-mnist", split, args.data_dir, download=True, subset=1)

@@ -114,3 +114,50 @@ def test_stacked_sgd_rejects_bad_learning_rates():
     stacked = StackedDeepLinear.from_models(_twins("none"))
     with pytest.raises(ValueError, match="positive"):
         StackedSGD(stacked.parameters(), torch.tensor([0.1, 0.0, 0.1]))
+
+
+def _bn_forward_backward(threads: int):
+    """Output, input gradient, weight gradient and running stats of one StackedBatchNorm1d
+    training step over 3 runs x 256 samples x 64 channels at ``threads`` intra-op threads."""
+    from stability.paper.stacked import StackedBatchNorm1d
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        bns = [torch.nn.BatchNorm1d(64) for _ in range(3)]
+        for bn in bns:
+            torch.nn.init.uniform_(bn.weight, 0.5, 2.0)
+        stacked = StackedBatchNorm1d(bns)
+        x = (torch.randn(3, 256, 64) * 3 + 1).requires_grad_()
+        out = stacked(x)
+        out.backward(torch.randn(3, 256, 64))
+        return [out.detach(), x.grad, stacked.weight.grad, stacked.running_var.clone()]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_batch_norm_is_the_same_at_any_thread_count():
+    """Bitwise: torch's (B, R*C) batch-norm kernel split the batch between threads (a
+    ~1e-6 difference that moved the lr-1 divergence onset of the sweep by several steps)."""
+    one, two = _bn_forward_backward(1), _bn_forward_backward(2)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_stacked_batch_norm_matches_batch_norm_1d_per_run():
+    """Reference: torch.nn.BatchNorm1d applied to each run's (B, C) slice, train and eval."""
+    from stability.paper.stacked import StackedBatchNorm1d
+
+    torch.manual_seed(1)
+    bns = [torch.nn.BatchNorm1d(5) for _ in range(2)]
+    stacked = StackedBatchNorm1d([torch.nn.BatchNorm1d(5) for _ in range(2)])
+    x = torch.randn(2, 32, 5) * 2 + 3
+    out = stacked(x)
+    for r, bn in enumerate(bns):
+        torch.testing.assert_close(out[r], bn(x[r]))
+        torch.testing.assert_close(stacked.running_var[r], bn.running_var)
+        torch.testing.assert_close(stacked.running_mean[r], bn.running_mean)
+    stacked.eval()
+    for r, bn in enumerate(bns):
+        torch.testing.assert_close(stacked(x)[r], bn.eval()(x[r]))

@@ -60,7 +60,7 @@ class SweepConfig:
     subset: int | None = None
     image_size: int | None = None
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | None = 1  # see run(): one thread is the robust choice on a shared CPU
     progress: bool = True
 
     def to_dict(self) -> dict:
@@ -212,7 +212,9 @@ def summarize_run(
     before = max((onset - 1) if onset is not None else int(records["step"].max()), 0)
     records = records[records["step"] <= (onset if onset is not None else before)]
     growth = fitting.depth_growth(records, "output_rms").set_index("step")["factor"]
-    warning = fitting.depth_factor_crossing(records, config.warning_factor, threshold=config.threshold)
+    warning = fitting.depth_factor_crossing(
+        records, config.warning_factor, threshold=config.threshold
+    )
     row = {
         "diverged": onset is not None,
         "iteration": onset if onset is not None else config.iters,
@@ -296,6 +298,12 @@ def run(config: SweepConfig, out: str | Path | None = None) -> SweepResult:
     see :func:`stability.records.runs.new_output_dir`): ``config.json``,
     ``records.parquet``, ``losses.csv``, ``summary.csv`` and the figure with its CSVs.
 
+    Threads: ``config.threads`` intra-op threads (default 1). The results do not depend on
+    it (every reduction has a fixed order, see :class:`StackedBatchNorm1d`), the speed does:
+    on 2 idle cores 2 threads are ~1.4x faster, but on a loaded machine every small
+    parallel op waits for the slowest thread's time slice and 2 threads were up to 30x
+    slower than 1 (README, "The 50-layer linear network").
+
     Raises:
         FileNotFoundError: the data set is not where the config says.
         FileExistsError, NotADirectoryError: ``out`` cannot be a new output folder.
@@ -309,7 +317,7 @@ def run(config: SweepConfig, out: str | Path | None = None) -> SweepResult:
 
     if config.data_dir is not None and not Path(config.data_dir).is_dir():
         raise FileNotFoundError(f"--data-dir {config.data_dir} does not exist (or is not a folder)")
-    if config.threads is not None:
+    if config.threads is not None:  # None: torch's choice (one per core)
         torch.set_num_threads(config.threads)
     x, y = flat_training_set(
         config.dataset, config.data_dir, config.download, config.subset, config.image_size

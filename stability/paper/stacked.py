@@ -53,6 +53,15 @@ class StackedBatchNorm1d(nn.Module):
     Training: ``o[r] = gamma[r] (x[r] - mean_B x[r]) / sqrt(var_B x[r] + eps) + beta[r]``
     with the biased batch variance, as :class:`torch.nn.BatchNorm1d`; running statistics
     (unbiased variance, ``momentum``) are kept per run and used in eval mode.
+
+    Layout: run ``r``'s channel ``c`` becomes channel ``r*C + c`` of a ``(1, R*C, B)``
+    input, the batch lying along the length, so one :func:`torch.nn.functional.batch_norm`
+    normalizes every column over its own batch (statistics over ``N*L = B`` values, as
+    BatchNorm1d per run). That layout also fixes the order of the sums: torch's CPU kernel
+    gives each channel of a contiguous ``(N, C, L)`` input to one thread whole, whereas for
+    a ``(B, R*C)`` input it splits the batch between threads and adds the partial sums in a
+    thread-dependent order, which made the divergence onsets depend on
+    ``torch.set_num_threads`` (``tests/test_stacked.py`` checks they no longer do).
     """
 
     def __init__(self, bns: Sequence[nn.BatchNorm1d]) -> None:
@@ -66,9 +75,7 @@ class StackedBatchNorm1d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         runs, batch, channels = x.shape
-        # (R, B, C) -> (B, R*C): column (r, c) is normalized over the batch, which is exactly
-        # BatchNorm1d per run, with its fused kernel and in-place running-stat updates.
-        flat = x.transpose(0, 1).reshape(batch, runs * channels)
+        flat = x.transpose(1, 2).reshape(1, runs * channels, batch)
         out = F.batch_norm(
             flat,
             self.running_mean.view(-1),
@@ -79,7 +86,7 @@ class StackedBatchNorm1d(nn.Module):
             self.momentum,
             self.eps,
         )
-        return out.view(batch, runs, channels).transpose(0, 1)
+        return out.view(runs, channels, batch).transpose(1, 2)
 
 
 def _stack_linear(layers: Sequence[nn.Linear]) -> StackedLinear:

@@ -42,7 +42,7 @@ PRESETS: tuple[str, ...] = ("paper", "smoke")
 #: Fields that may differ when a run is resumed: where and how it runs, not what it
 #: computes (``compile`` can change rounding, not the maths).
 RUNTIME_FIELDS: frozenset[str] = frozenset(
-    {"device", "num_workers", "compile", "check_every", "out", "data_dir", "download"}
+    {"device", "threads", "num_workers", "compile", "check_every", "out", "data_dir", "download"}
 )
 
 
@@ -68,6 +68,7 @@ class TrainConfig:
         momentum: SGD momentum.
         seed: seeds model init, data order and augmentation.
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``, ...
+        threads: torch intra-op CPU threads (None: torch's choice, one per core).
         amp: ``none``, ``bf16`` or ``fp16`` (with a GradScaler).
         compile: wrap the model in :func:`torch.compile`.
         channels_last: channels_last memory format; None: on CUDA only.
@@ -100,6 +101,7 @@ class TrainConfig:
     momentum: float = 0.9
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None
     amp: str = "none"
     compile: bool = False
     channels_last: bool | None = None
@@ -127,8 +129,9 @@ class TrainConfig:
             _choice("preset", self.preset, PRESETS)
         for name in ("epochs", "batch_size", "record_every", "weight_every", "check_every"):
             _positive_int(name, getattr(self, name))
-        if self.image_size is not None:
-            _positive_int("image_size", self.image_size)
+        for name in ("image_size", "threads"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
         if self.num_workers is not None and (
             not isinstance(self.num_workers, int) or self.num_workers < 0
         ):
@@ -252,24 +255,31 @@ _RESNET_PAPER = {
     "final_lr": 0.0,
     "wd": 1e-4,
 }
-# Smoke runs: Fashion-MNIST subsets, a few minutes on a 2-core CPU. ResNet-50's learning
-# rate is the paper's scaled linearly with the batch (0.1 * 32 / 256).
+# Smoke runs: Fashion-MNIST subsets, a few minutes on a 2-core CPU. Small batches, so that
+# there are SMOKE_MIN_STEPS optimizer steps: BatchNorm's running statistics (momentum 0.1)
+# keep 0.9^steps of their initial value, and the batch variance of these networks at
+# Xavier init is ~0.002; after 18 steps (the earlier batch 64, 3 epochs) the running
+# variance was still ~0.15, so evaluation (which uses it) squashed every activation and
+# predicted one class (test top-1 below chance) while the training loss fell. After 96
+# steps 0.9^96 = 4e-5 is negligible. ResNet-50's learning rate is the paper's scaled
+# linearly with the batch (0.1 * 16 / 256).
+SMOKE_MIN_STEPS = 96
 _SMOKE = {
     "cifar10_nv": {
         "dataset": "fashion-mnist",
         "subset": (384, 256),
-        "epochs": 3,
-        "batch_size": 64,
-        "weight_every": 2,
+        "epochs": 4,
+        "batch_size": 16,
+        "weight_every": 8,
     },
     "resnet50": {
         "dataset": "fashion-mnist",
         "image_size": 28,
         "subset": (384, 256),
-        "epochs": 3,
-        "batch_size": 32,
-        "lr": 0.1 * 32 / 256,
-        "weight_every": 3,
+        "epochs": 4,
+        "batch_size": 16,
+        "lr": 0.1 * 16 / 256,
+        "weight_every": 8,
     },
 }
 
@@ -286,10 +296,10 @@ def preset_config(model: str, norm: str, preset: str = "paper", **overrides: Any
       lr 0.1, poly power 2 to 0, wd 1e-4, for every norm.
 
     ``smoke``: the same optimizer settings on Fashion-MNIST subsets for a few epochs, so a
-    run takes a minute or two on a 2-core CPU: cifar10-nv on 384/256 images (batch 64,
-    3 epochs, weight metrics every 2 steps); ResNet-50 at 28 x 28 on 384/256 images
-    (batch 32, 3 epochs, lr 0.0125 = 0.1 * 32/256, weight metrics every 3 steps), so the
-    coherence curves have points.
+    run takes minutes on a 2-core CPU: 384/256 images, batch 16, 4 epochs (96 steps, enough
+    for BatchNorm's running statistics to forget their initial value, see
+    :data:`SMOKE_MIN_STEPS`), weight metrics every 8 steps so the coherence curves have
+    points; ResNet-50 at 28 x 28 with lr 0.00625 = 0.1 * 16/256.
 
     Both use Xavier initialization (built into the model factories), seed 0 and
     ``out = runs/<model>-<norm>-<preset>``. ``overrides`` replace any field.

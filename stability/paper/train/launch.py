@@ -81,6 +81,8 @@ def train(
         if resume:
             config = _resume_config(config)
         device = resolve_device(config.device, dist)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
         prepare_process(config, device)
         data = build_data(config, dist, device)
         net, recorder = build_network(config, data.info, device, dist)

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--momentum", type=nonnegative_float, help="SGD momentum (paper: 0.9)")
     add("--seed", type=nonnegative_int, help="seed (init, data order, augmentation)")
     add("--device", help="auto (default: CUDA if available), cpu, cuda, cuda:1")
+    add("--threads", type=positive_int,
+        help="torch intra-op CPU threads (default: one per core; shared CPU: 1)")  # fmt: skip
     add("--amp", choices=AMP_MODES, help="mixed precision (fp16 adds a GradScaler)")
     add("--compile", action="store_true", help="torch.compile the model (after the Recorder)")
     add("--channels-last", action=argparse.BooleanOptionalAction,
