@@ -24,15 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stability.experiments.cli import OneLineParser, positive_float
-from stability.experiments.growth_report import (
-    ReportConfig,
-    build_report,
-    default_out_dir,
-    format_summary,
-    parse_steps,
-    write_report,
-)
+from stability.experiments.cli import OneLineParser, config_from_args, one_line, positive_float
+from stability.experiments.growth_report import ReportConfig, format_summary, parse_steps, run
 
 
 def _threshold(text: str) -> float | None:
@@ -102,28 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed on one line
         return int(done.code or 0)
-    try:
-        config = ReportConfig(
-            metric=args.metric,
-            layers=args.layers,
-            steps=args.steps,
-            where=args.where,
-            call_idx=args.call_idx,
-            factor_threshold=args.factor_threshold,
-            threshold=args.threshold,
-            window=args.window,
-            min_layers=args.min_layers,
-            onset_metrics=args.onset_metrics,
-        )
-        report = build_report(args.run, config)
-        out = args.out if args.out is not None else default_out_dir(report)
-        write_report(report, out, force=args.force)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        message = " ".join(str(error).split())
-        print(f"norm_growth.py: error: {message}", file=sys.stderr)
+    try:  # --threshold none means "non-finite only", so it is passed even when None
+        config = config_from_args(ReportConfig, args, source=args.run, threshold=args.threshold)
+        result = run(config)
+    except (ValueError, OSError) as error:  # bad table/filter, missing run, --out clashes
+        print(f"norm_growth.py: error: {one_line(error)}", file=sys.stderr)
         return 2
-    print(f"growth report -> {out}")
-    print(format_summary(report))
+    print(f"growth report -> {result.out}")
+    print(format_summary(result.report))
     return 0
 
 

@@ -22,6 +22,8 @@ import pandas as pd
 import pytest
 
 from stability.experiments import paper_figures as mf
+from stability.experiments.paper_figures import figures as drawing
+from stability.experiments.paper_figures import train_missing
 from stability.paper import train as T
 from stability.paper.train.options import parse as parse_train_args
 from stability.records import runs as R
@@ -36,6 +38,8 @@ def _load(path: Path, name: str):
     spec.loader.exec_module(module)
     return module
 
+
+script = _load(ROOT / "figures" / "make_figures.py", "make_figures")
 
 STEPS_PER_EPOCH = 4
 EPOCHS = 3
@@ -112,7 +116,7 @@ EXPECTED_FILES = {
 def test_every_png_and_csv_from_fixture_runs(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
     make_all_runs(runs, "smoke")
-    assert mf.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert script.main(["--runs", str(runs), "--out", str(out)]) == 0
     from matplotlib.image import imread
 
     for figure, panels in EXPECTED_FILES.items():
@@ -130,7 +134,7 @@ def test_every_png_and_csv_from_fixture_runs(tmp_path, capsys):
 def test_curve_csvs_hold_the_history_values(tmp_path, figure, norms):
     runs, out = tmp_path / "runs", tmp_path / "out"
     make_all_runs(runs, "paper")
-    assert mf.main(["--runs", str(runs), "--out", str(out), "--only", figure]) == 0
+    assert script.main(["--runs", str(runs), "--out", str(out), "--only", figure]) == 0
     for panel in EXPECTED_FILES[figure]:
         data = pd.read_csv(out / f"{figure}_{panel}.csv")
         assert list(data.columns) == ["norm", "epoch", panel]
@@ -143,7 +147,7 @@ def test_curve_csvs_hold_the_history_values(tmp_path, figure, norms):
 def test_figure4_takes_the_first_and_last_layers_in_depth_order(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     make_all_runs(runs, "smoke")
-    assert mf.main(["--runs", str(runs), "--out", str(out), "--only", "figure4"]) == 0
+    assert script.main(["--runs", str(runs), "--out", str(out), "--only", "figure4"]) == 0
     norms = pd.read_csv(out / "figure4_output_norm.csv")
     assert sorted(norms["layer"].unique()) == ["conv1", "fc"]  # layer_idx 0 and 4
     for row in norms.itertuples(index=False):
@@ -160,7 +164,7 @@ def test_long_runs_are_binned_by_geometric_mean():
     steps = np.arange(10_000)
     values = np.exp(np.sin(steps / 500.0)) + 1.0
     frame = pd.DataFrame({"layer": "a", "layer_idx": 0, "step": steps, "value": values})
-    binned = mf._binned(frame, 100)
+    binned = drawing._binned(frame, 100)
     assert len(binned) == 100
     edges = np.linspace(0, 10_000, 101)
     inside = (steps >= edges[7]) & (steps < edges[8])
@@ -168,14 +172,14 @@ def test_long_runs_are_binned_by_geometric_mean():
     assert binned["value"].iloc[7] == pytest.approx(reference)
     assert binned["step"].iloc[7] == pytest.approx(steps[inside].mean())
     short = frame.iloc[:50]
-    assert mf._binned(short, 100) is short  # short runs are drawn as recorded
+    assert drawing._binned(short, 100) is short  # short runs are drawn as recorded
 
 
 def test_paper_runs_are_preferred_and_each_figure_falls_back_alone(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     make_all_runs(runs, "smoke")
     make_all_runs(runs, "paper", skip=(("resnet50", "bn"),))  # figure 3 lacks a paper run
-    assert mf.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert script.main(["--runs", str(runs), "--out", str(out)]) == 0
     spec2, spec3 = mf.FIGURES[0], mf.FIGURES[1]
     assert mf.find_runs(runs, spec2, ["paper", "smoke"])[0] == "paper"
     assert mf.find_runs(runs, spec3, ["paper", "smoke"])[0] == "smoke"
@@ -187,11 +191,11 @@ def test_diverged_and_incomplete_runs_are_drawn_and_labelled(tmp_path, capsys):
     make_all_runs(runs, "smoke", skip=(("cifar10_nv", "trelu"), ("cifar10_nv", "none")))
     make_run(runs, "cifar10_nv", "trelu", "smoke", epochs=2, diverged=True)
     make_run(runs, "cifar10_nv", "none", "smoke", epochs=1)
-    assert mf.main(["--runs", str(runs), "--out", str(out), "--only", "figure2"]) == 0
+    assert script.main(["--runs", str(runs), "--out", str(out), "--only", "figure2"]) == 0
     assert "cifar10_nv-none-smoke is incomplete" in capsys.readouterr().out
     found = mf.find_runs(runs, mf.FIGURES[0], ["smoke"])[1]
-    assert mf._label(found["trelu"]).endswith("(diverged, epoch 3)")
-    assert mf._label(found["none"]).endswith(f"(1/{EPOCHS} epochs)")
+    assert drawing._label(found["trelu"]).endswith("(diverged, epoch 3)")
+    assert drawing._label(found["none"]).endswith(f"(1/{EPOCHS} epochs)")
 
 
 # --------------------------------------------------------------------------- missing runs
@@ -200,7 +204,7 @@ def test_diverged_and_incomplete_runs_are_drawn_and_labelled(tmp_path, capsys):
 def test_missing_run_names_it_and_the_command_that_makes_it(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
     make_all_runs(runs, "paper", skip=(("cifar10_nv", "np"),))
-    assert mf.main(["--runs", str(runs), "--out", str(out), "--preset", "paper"]) == 1
+    assert script.main(["--runs", str(runs), "--out", str(out), "--preset", "paper"]) == 1
     captured = capsys.readouterr()
     missing = runs / "cifar10_nv-np-paper"
     command = mf.train_command(runs, "cifar10_nv", "np", "paper")
@@ -235,7 +239,7 @@ def test_an_empty_run_directory_counts_as_missing(tmp_path, capsys):
     path = runs / "resnet50-wn-smoke"
     path.mkdir()
     R.RunDir(path).write_config(T.preset_config("resnet50", "wn", "smoke").to_dict())
-    assert mf.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 1
+    assert script.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert f"{path} (exists but has no finished epoch)" in err
     assert f"--out {path} --resume" in err
@@ -259,8 +263,10 @@ def test_smoke_preset_trains_only_what_is_missing(tmp_path, monkeypatch):
         make_run(runs, config.model, config.norm, "smoke")
         return T.TrainResult("finished", path, EPOCHS, 12, pd.DataFrame())
 
-    monkeypatch.setattr(mf, "train", fake_train)
-    code = mf.main(["--runs", str(runs), "--out", str(out), "--preset", "smoke", "--no-progress"])
+    monkeypatch.setattr(train_missing, "train", fake_train)
+    code = script.main(
+        ["--runs", str(runs), "--out", str(out), "--preset", "smoke", "--no-progress"]
+    )
     assert sorted(calls) == [("cifar10_nv", "wn", False, True), ("resnet50", "bn", True, False)]
     assert code == 0
     assert all((out / f"{figure}.png").is_file() for figure in EXPECTED_FILES)
@@ -276,9 +282,11 @@ def test_smoke_preset_end_to_end_on_tiny_runs(tmp_path, monkeypatch):
                  "image_size": 28, "weight_every": 1, "device": "cpu"}  # fmt: skip
         return real(model, norm, preset, **(small | overrides))
 
-    monkeypatch.setattr(mf, "preset_config", tiny)
+    monkeypatch.setattr(train_missing, "preset_config", tiny)
     runs, out = tmp_path / "runs", tmp_path / "out"
-    code = mf.main(["--runs", str(runs), "--out", str(out), "--preset", "smoke", "--no-progress"])
+    code = script.main(
+        ["--runs", str(runs), "--out", str(out), "--preset", "smoke", "--no-progress"]
+    )
     assert code == 0
     for figure, panels in EXPECTED_FILES.items():
         assert (out / f"{figure}.png").is_file()
@@ -286,3 +294,31 @@ def test_smoke_preset_end_to_end_on_tiny_runs(tmp_path, monkeypatch):
     for model, norm in mf.needed_runs():
         status = json.loads((runs / f"{model}-{norm}-smoke" / R.STATUS).read_text())
         assert status["state"] in ("finished", "diverged")
+
+
+# --------------------------------------------------------------------------- bad --runs
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_a_missing_or_empty_runs_folder_is_one_error_line_and_exit_2(tmp_path, state):
+    """Nothing to draw: one ``error:`` line naming --runs, the make commands after it."""
+    import subprocess
+
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    if state == "empty":
+        runs.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "figures" / "make_figures.py"), "--runs", str(runs),
+         "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    why = "does not exist" if state == "missing" else "holds none of the runs"
+    assert lines[0].startswith(f"make_figures.py: error: --runs {runs} {why}"), lines
+    assert "Traceback" not in done.stderr
+    assert not any("error" in line for line in lines[1:])  # the rest: how to make the runs
+    assert any("--preset smoke" in line for line in lines[1:])
+    assert not out.exists()  # nothing touched
+    assert runs.exists() == (state == "empty")
+    assert not runs.exists() or not any(runs.iterdir())

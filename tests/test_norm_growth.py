@@ -156,7 +156,7 @@ def test_fitted_factors_and_onset_equal_truth(known_run: Path) -> None:
     assert summary["onset"]["layer_idx"] == ONSET_LAYER
     assert summary["onset"]["reason"] == "non-finite"
     assert summary["onset"]["value_text"] == "inf"
-    assert summary["warning"] is None  # F_TRUE = 1.03 never reaches the default 1.05
+    assert summary["factor_crossing"] is None  # F_TRUE = 1.03 never reaches the default 1.05
     assert summary["n_steps"] == N_STEPS and summary["n_layers"] == N_LAYERS
 
     for row in summary["time_growth"]:
@@ -175,7 +175,7 @@ def test_noisy_factor_within_its_confidence_band(tmp_path: Path) -> None:
     covered = (growth["factor_low"] <= F_TRUE) & (F_TRUE <= growth["factor_high"])
     assert covered.mean() >= 0.85  # nominal 95% intervals
     assert read_summary(out)["depth_growth"]["median"] == pytest.approx(F_TRUE, abs=0.002)
-    assert read_summary(out)["onset"] is None and read_summary(out)["warning"] is None
+    assert read_summary(out)["onset"] is None and read_summary(out)["factor_crossing"] is None
 
 
 def test_warning_step_and_lead_equal_truth(tmp_path: Path) -> None:
@@ -185,10 +185,10 @@ def test_warning_step_and_lead_equal_truth(tmp_path: Path) -> None:
     run = save_run(tmp_path, record_table(blow_up(growth_values(40, 20, f), 30, 12)))
     assert run_cli(run, "--factor-threshold", "1.045") == 0
     summary = read_summary(run / "growth_report")
-    assert summary["warning"]["warn_step"] == 15
-    assert summary["warning"]["factor"] == pytest.approx(1.05, rel=1e-10)
-    assert summary["warning"]["onset_step"] == 30
-    assert summary["warning"]["lead"] == 15
+    assert summary["factor_crossing"]["warn_step"] == 15
+    assert summary["factor_crossing"]["factor"] == pytest.approx(1.05, rel=1e-10)
+    assert summary["factor_crossing"]["onset_step"] == 30
+    assert summary["factor_crossing"]["lead"] == 15
     assert summary["depth_growth"]["max_step"] == 30
 
 
@@ -435,9 +435,111 @@ def test_million_row_table(tmp_path: Path) -> None:
     summary = read_summary(out)
     assert (summary["onset"]["step"], summary["onset"]["layer_idx"]) == (1900, 60)
     first = int(np.argmax(f >= 1.030025))
-    assert summary["warning"]["warn_step"] == first
-    assert summary["warning"]["lead"] == 1900 - first
+    assert summary["factor_crossing"]["warn_step"] == first
+    assert summary["factor_crossing"]["lead"] == 1900 - first
     growth = pd.read_csv(out / "growth_report_depth_factor.csv")
     np.testing.assert_allclose(growth["factor"][:1901], f[:1901], rtol=1e-9)
     heat = pd.read_csv(out / "growth_report_heatmap.csv")
     assert (heat["steps_per_column"] == 5).all() and heat["column"].max() == 399
+
+
+# ---------------------------------------------------------------------------------
+# Bad --out, the detector's warning, agreement with the main job
+# ---------------------------------------------------------------------------------
+
+
+def test_out_below_a_file_is_one_error_line_and_touches_nothing(known_run: Path) -> None:
+    blocker = known_run.parent / "some_file"
+    blocker.write_text("mine")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(known_run), "--out", str(blocker / "sub")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("norm_growth.py: error: --out ")
+    assert f"{blocker} exists and is not a folder" in done.stderr
+    assert blocker.read_text() == "mine"
+    assert not (known_run / "growth_report").exists()
+
+
+def jump_run(tmp_path: Path, with_loss: bool) -> Path:
+    """20 layers, flat depth profile; every layer's rms jumps 8x at step 25 and stays; the
+    loss (if recorded) triples at step 28; everything is infinite at step 35.
+
+    Truth: the detector (jump 4x its trailing median, loss 2x its own, warm-up 10 records)
+    fires at 25 on the rms alone and at 28 with the loss; the factor never crosses 1.05.
+    """
+    values = growth_values(40, 20, 1.0)
+    values[25:] *= 8.0
+    values = blow_up(values, 35, 0)
+    frames = [record_table(values)]
+    if with_loss:
+        loss = np.where(np.arange(40) >= 28, 3.0, 1.0)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "step": np.arange(40),
+                    "layer": "(loss)",
+                    "layer_idx": -1,
+                    "call_idx": 0,
+                    "metric": "loss",
+                    "value": loss,
+                }
+            )  # fmt: skip
+        )
+    return save_run(tmp_path, *frames, name=f"jump_loss={with_loss}")
+
+
+@pytest.mark.parametrize("with_loss,warn_step", [(False, 25), (True, 28)])
+def test_detector_warning_and_lead_are_reported(tmp_path: Path, with_loss, warn_step) -> None:
+    run = jump_run(tmp_path, with_loss)
+    assert run_cli(run) == 0
+    summary = read_summary(run / "growth_report")
+    warning = summary["detector_warning"]
+    assert (warning["warn_step"], warning["onset_step"], warning["lead"]) == (
+        warn_step, 35, 35 - warn_step,
+    )  # fmt: skip
+    assert ("loss_ratio=None" in summary["detector"]) == (not with_loss)
+    assert summary["factor_crossing"] is None
+    report = gr.build_report(run)
+    text = gr.format_summary(report)
+    assert f"step {warn_step}, lead {35 - warn_step} steps" in text
+    assert ("no loss rows" in text) == (not with_loss)
+
+
+def test_detector_equals_fitting_early_warning_and_crossing_is_the_mechanism(
+    tmp_path: Path,
+) -> None:
+    """Factor 1 until step 20, then 1.06 per layer: the crossing is at 20 (truth); the
+    detector's warning is what fitting.early_warning says on the same table."""
+    from stability import fitting
+
+    f = np.where(np.arange(40) >= 20, 1.06, 1.0)
+    run = save_run(tmp_path, record_table(blow_up(growth_values(40, 30, f), 30, 29)))
+    report = gr.build_report(run)
+    assert (report.crossing.warn_step, report.crossing.lead) == (20, 10)
+    table = pd.read_parquet(run / "records.parquet")
+    expected = fitting.early_warning(table, fitting.WarningConfig(loss_ratio=None))
+    assert report.warning.warn_step == expected.warn_step
+    assert report.warning.lead == 30 - expected.warn_step
+
+
+def test_growth_report_and_the_sweep_agree_on_the_onset(tmp_path: Path) -> None:
+    """The main job (divergence_sweep) and the report judge the same run by one rule."""
+    from stability.experiments import divergence_sweep as sweep
+
+    config = sweep.SweepConfig(
+        norms=("none", "wn", "bn"), lrs=(0.1, 1.0), seeds=(0,), iters=25, depth=12, width=16,
+        batch_size=64, subset=512, progress=False,
+    )  # fmt: skip
+    result = sweep.run(config, tmp_path / "sweep")
+    assert result.summary["diverged"].any()  # the comparison needs a divergence
+    for row in result.summary.itertuples(index=False):
+        where = f"norm={row.norm},lr={row.lr!r},seed={row.seed}"
+        report = gr.build_report(result.out, gr.ReportConfig(where=where))
+        onset = None if report.onset is None else report.onset.step
+        assert onset == (row.iteration if row.diverged else None), where

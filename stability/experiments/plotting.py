@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 #: Colour of each normalization kind, shared by every figure.
@@ -23,6 +24,15 @@ NORM_COLORS = {
     "none": "#7f7f7f",
 }
 NORM_LABELS = {"bn": "BN", "wn": "WN", "np": "NormProp", "trelu": "TReLU-WN", "none": "none"}
+#: Marker and line style of each normalization kind, so curves that coincide stay visible
+#: (``none`` is dashed with open squares, drawn over the solid WN circles).
+NORM_STYLES = {
+    "bn": {"marker": "^", "ls": "-"},
+    "wn": {"marker": "o", "ls": "-"},
+    "np": {"marker": "D", "ls": "-"},
+    "trelu": {"marker": "v", "ls": "-"},
+    "none": {"marker": "s", "ls": "--", "mfc": "none", "ms": 8, "mew": 1.5, "zorder": 4},
+}
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 5.0, height: float = 3.8):
@@ -76,6 +86,63 @@ def norm_color(norm: str) -> str:
     return NORM_COLORS.get(norm, "#333333")
 
 
+def norm_style(norm: str) -> dict:
+    """Keyword arguments of ``ax.plot`` (marker, line style) for a normalization kind."""
+    return dict(NORM_STYLES.get(norm, {"marker": ".", "ls": "-"}))
+
+
+def linear_then_log(ax, split: float, per_decade: float, axis: str = "y") -> None:
+    """Make ``axis`` linear up to ``split`` and logarithmic above it.
+
+    The axis coordinate is ``u = v`` for ``v <= split`` and
+    ``u = split + per_decade * log10(v / split)`` above: one decade beyond ``split`` takes
+    as much room as ``per_decade`` of the linear part. Small differences near 1 (a growth
+    factor of 1.01 against 1.06) stay readable while a blow-up to 1e3 still fits.
+    """
+
+    def forward(values):
+        v = np.array(values, dtype=np.float64)
+        above = v > split
+        v[above] = split + per_decade * np.log10(v[above] / split)
+        return v
+
+    def inverse(values):
+        u = np.array(values, dtype=np.float64)
+        above = u > split
+        u[above] = split * 10.0 ** ((u[above] - split) / per_decade)
+        return u
+
+    setter = ax.set_yscale if axis == "y" else ax.set_xscale
+    setter("function", functions=(forward, inverse))
+
+
 def norm_label(norm: str) -> str:
     """The display name of a normalization kind."""
     return NORM_LABELS.get(norm, norm)
+
+
+def factor_axis(ax, low: float, high: float, split: float = 1.2) -> None:
+    """A growth-factor y axis: linear from ``low`` to ``split``, logarithmic above.
+
+    Ticks every 0.02 (0.05 when the linear part spans more than 0.3), so factors of
+    1.00-1.10 are readable; the logarithmic part takes about a quarter of the axis,
+    whatever ``high`` (the largest factor drawn) is, with 1-2-5 ticks. A dotted line
+    marks where the scale changes.
+    """
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    high = max(high, split) if np.isfinite(high) else split
+    span = split - low
+    decades = max(np.log10(high * 1.2 / split), 0.3)
+    linear_then_log(ax, split, per_decade=span / 3 / decades, axis="y")
+    step = 0.05 if span > 0.3 else 0.02
+    ticks = list(np.arange(np.ceil(low / step) * step, split + 1e-9, step).round(2))
+    above = [m * 10.0**k for k in range(0, 7) for m in (1, 2, 5)]
+    above = [v for v in above if split * 1.4 < v <= high * 1.2]
+    ticks += above[:: max(1, len(above) // 4)] or ([float(f"{high:.2g}")] if high > split else [])
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2f}" if v <= split else f"{v:g}"))
+    ax.set_ylim(low - 0.01, high * 1.2 if high > split else split + 0.005)
+    ax.axhline(split, color="grey", lw=0.6, ls=(0, (1, 3)))
+    ax.text(0.99, split, f"log scale above {split:g} ", ha="right", va="bottom", fontsize=7,
+            color="grey", transform=ax.get_yaxis_transform())  # fmt: skip

@@ -1,0 +1,201 @@
+"""Drawing the paper's Figures 2, 3 and 4 from saved runs (each a PNG plus one CSV per panel).
+
+* ``figure2.png``: cifar10-nv with BN, WN, NormProp, TReLU-WN and no normalization:
+  (a) training loss and (b) test top-1 accuracy against the epoch (paper, Figure 2).
+* ``figure3.png``: ResNet-50 with BN and WN: (a) train top-1, (b) test top-1,
+  (c) train loss, (d) test loss against the epoch (paper, Figure 3).
+* ``figure4.png``: WN ResNet-50: (a) the norm of the output of the first and the last
+  conv/linear layer (smallest and largest ``layer_idx``, i.e. depth order) over training,
+  log scale, and (b) the row coherence of the same layers (paper, Figure 4).
+
+Figures come from saved files only (history.csv, records.parquet, divergence.json), never
+from training inside a drawing function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stability.experiments.paper_figures.runs import FigureSpec, RunInfo, is_complete
+from stability.experiments.plotting import new_figure, norm_color, norm_label, save_figure
+from stability.records.runs import RECORDS
+
+#: At most this many points per curve in Figure 4 (longer runs are averaged in bins).
+MAX_POINTS = 2000
+#: One marker per normalization in the epoch curves, so coinciding curves stay visible.
+MARKERS = ("o", "s", "^", "D", "v")
+
+
+def _label(run: RunInfo) -> str:
+    label = norm_label(run.norm)
+    if run.divergence is not None:
+        label += f" (diverged, epoch {run.divergence.get('epoch')})"
+    elif not is_complete(run):
+        label += f" ({len(run.history)}/{run.config.get('epochs')} epochs)"
+    return label
+
+
+def _integer_epochs(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _curves(ax, runs: Mapping[str, RunInfo], column: str, ylabel: str, log: bool):
+    """Draw ``column`` against the epoch for every run; return the tidy data drawn."""
+    frames = []
+    for i, (norm, run) in enumerate(runs.items()):
+        h = run.history
+        marker = MARKERS[i % len(MARKERS)] if len(h) < 30 else None  # overlapping curves
+        ax.plot(h["epoch"], h[column], marker=marker, ms=4, mfc="none", color=norm_color(norm),
+                label=_label(run))  # fmt: skip
+        if run.divergence is not None:
+            ax.plot(h["epoch"].iloc[-1], h[column].iloc[-1], "x", color=norm_color(norm), ms=9)
+        frames.append(pd.DataFrame({"norm": norm, "epoch": h["epoch"], column: h[column]}))
+    positive = all((run.history[column] > 0).all() for run in runs.values())
+    if log and positive:
+        ax.set_yscale("log")
+    _integer_epochs(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, framealpha=0.6)
+    return pd.concat(frames, ignore_index=True)
+
+
+_PANEL_TEXT = {
+    "train_loss": ("training loss", True),
+    "test_loss": ("test loss", True),
+    "train_top1": ("train top-1 accuracy (%)", False),
+    "test_top1": ("test top-1 accuracy (%)", False),
+}
+
+
+def _subtitle(spec: FigureSpec, preset: str, runs: Mapping[str, RunInfo]) -> str:
+    config = next(iter(runs.values())).config
+    return f"{spec.title} ({config.get('dataset')}, {preset} preset)"
+
+
+def draw_curves(
+    spec: FigureSpec, preset: str, runs: Mapping[str, RunInfo], out: Path, panels: Sequence[str]
+) -> list[Path]:
+    """A figure of history curves, one panel per history column in ``panels``."""
+    ncols = 2
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = new_figure(nrows, ncols, width=5.2, height=3.9)
+    data = {}
+    for i, (ax, column) in enumerate(zip(axes.flat, panels, strict=False)):
+        ylabel, log = _PANEL_TEXT[column]
+        data[column] = _curves(ax, runs, column, ylabel, log)
+        ax.set_title(f"({'abcd'[i]}) {ylabel}", fontsize=10)
+    fig.suptitle(_subtitle(spec, preset, runs))
+    return save_figure(fig, out / f"{spec.name}.png", data)
+
+
+def draw_figure2(spec, preset, runs, out) -> list[Path]:
+    """Figure 2: training loss and test top-1 of cifar10-nv per normalization."""
+    return draw_curves(spec, preset, runs, out, ["train_loss", "test_top1"])
+
+
+def draw_figure3(spec, preset, runs, out) -> list[Path]:
+    """Figure 3: train/test top-1 and loss of ResNet-50, BN vs WN."""
+    return draw_curves(
+        spec, preset, runs, out, ["train_top1", "test_top1", "train_loss", "test_loss"]
+    )
+
+
+def _steps_per_epoch(run: RunInfo) -> float:
+    meta = run.config.get("meta", {})
+    if meta.get("steps_per_epoch"):
+        return float(meta["steps_per_epoch"])
+    h = run.history
+    return float(h["step"].iloc[0] / h["epoch"].iloc[0])
+
+
+def _layer_order(records: Path) -> pd.DataFrame:
+    """``layer, layer_idx`` of every recorded layer, in depth order.
+
+    Read from the first part only (its first step records every layer), so a paper-scale
+    record table is not scanned for it.
+    """
+    parts = sorted(records.glob("part-*.parquet"))
+    source = parts[0] if parts else records
+    frame = pd.read_parquet(
+        source, columns=["layer", "layer_idx"], filters=[("metric", "==", "output_norm")]
+    )
+    return frame.drop_duplicates().sort_values("layer_idx").reset_index(drop=True)
+
+
+def _binned(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """At most ``max_points`` points per layer: geometric means over bins of steps."""
+    if frame.groupby("layer").size().max() <= max_points:
+        return frame
+    edges = np.linspace(frame["step"].min(), frame["step"].max() + 1, max_points + 1)
+    frame = frame.assign(bin=np.digitize(frame["step"], edges))
+    frame = frame[np.isfinite(frame["value"]) & (frame["value"] > 0)]
+    grouped = frame.groupby(["layer", "layer_idx", "bin"], as_index=False)
+    return grouped.agg(
+        step=("step", "mean"), value=("value", lambda v: float(np.exp(np.log(v).mean())))
+    ).drop(columns="bin")
+
+
+def figure4_data(run: RunInfo, max_points: int = MAX_POINTS) -> dict[str, pd.DataFrame]:
+    """Output norm and coherence of the first and last recorded layers, against the epoch."""
+    records = run.path / RECORDS
+    order = _layer_order(records)
+    ends = order.iloc[[0, -1]]
+    layers = list(ends["layer"])
+    filters = [("metric", "in", ["output_norm", "coherence"]), ("layer", "in", layers)]
+    frame = pd.read_parquet(records, filters=filters)
+    if "rank" in frame.columns:  # DDP: rank 0's records
+        frame = frame[frame["rank"] == 0]
+    frame = frame[frame["call_idx"] == 0]
+    per_epoch = _steps_per_epoch(run)
+    data = {}
+    for metric in ("output_norm", "coherence"):
+        sub = frame[frame["metric"] == metric][["layer", "layer_idx", "step", "value"]]
+        sub = _binned(sub.sort_values(["layer_idx", "step"]), max_points)
+        sub = sub.assign(epoch=sub["step"] / per_epoch)
+        data[metric] = sub[["layer", "layer_idx", "step", "epoch", "value"]].reset_index(drop=True)
+    return data
+
+
+def draw_figure4(spec, preset, runs, out) -> list[Path]:
+    """Figure 4: output norm (log) and row coherence of WN ResNet-50's first and last layers."""
+    run = runs["wn"]
+    data = figure4_data(run)
+    fig, axes = new_figure(1, 2, width=5.4, height=3.9)
+    styles = ["-", "--"]
+    texts = {
+        "output_norm": ("(a) norm of the layer output", r"$\|o\|_2$", True),
+        "coherence": ("(b) row coherence of the layer weights", r"$\max_{i\ne j}|\cos(w_i, w_j)|$",
+                      False),
+    }  # fmt: skip
+    for ax, (metric, frame) in zip(axes.flat, data.items(), strict=True):
+        title, ylabel, log = texts[metric]
+        for i, (_, sub) in enumerate(frame.groupby("layer_idx", sort=True)):
+            label = f"{'first' if i == 0 else 'last'} layer ({sub['layer'].iloc[0]})"
+            ax.plot(sub["epoch"], sub["value"], styles[i % 2], color=norm_color("wn"),
+                    alpha=1.0 if i == 0 else 0.6, lw=1.2, label=label)  # fmt: skip
+        if log and (frame["value"] > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(_subtitle(spec, preset, runs))
+    return save_figure(fig, out / f"{spec.name}.png", data)
+
+
+FIGURES: tuple[FigureSpec, ...] = (
+    FigureSpec("figure2", "Figure 2: cifar10-nv, BN vs WN", "cifar10_nv",
+               ("bn", "wn", "np", "trelu", "none"), draw_figure2),
+    FigureSpec("figure3", "Figure 3: ResNet-50, BN vs WN", "resnet50", ("bn", "wn"),
+               draw_figure3),
+    FigureSpec("figure4", "Figure 4: WN ResNet-50, first and last layer", "resnet50", ("wn",),
+               draw_figure4),
+)  # fmt: skip
