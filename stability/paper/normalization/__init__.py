@@ -44,7 +44,17 @@ from stability.paper.normalization.layers import (
     weight_norm,
     weight_norm_parameters,
 )
-from stability.paper.normalization.resnet import NormBasicBlock, NormBottleneck, NormResNet
+
+_LAZY_RESNET = ("NormBasicBlock", "NormBottleneck", "NormResNet")
+
+
+def __getattr__(name: str):
+    """The BN-free ResNet classes load on first use: they import torchvision (seconds)."""
+    if name in _LAZY_RESNET:
+        from stability.paper.normalization import resnet
+
+        return getattr(resnet, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT_EPS",

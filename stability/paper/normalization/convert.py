@@ -23,6 +23,7 @@ BatchNorm -> ReLU), giving torchvision's ResNet classes BN-free subclasses
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
@@ -38,13 +39,6 @@ from stability.paper.normalization.layers import (
     set_bias,
     weight_norm,
     weight_norm_parameters,
-)
-from stability.paper.normalization.resnet import (
-    RESNET_CLASSES,
-    NormBasicBlock,
-    NormBottleneck,
-    NormResNet,
-    convert_resnet_module,
 )
 
 __all__ = [
@@ -263,11 +257,18 @@ def _parent_of(model: nn.Module, qualified_name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
+def _is_norm_resnet_part(module: nn.Module) -> bool:
+    """Whether ``module`` is one of our BN-free ResNet classes (they exist only once
+    :mod:`.resnet`, which imports torchvision, was imported: torchvision loads lazily)."""
+    resnet = sys.modules.get("stability.paper.normalization.resnet")
+    return resnet is not None and isinstance(module, resnet.NORM_RESNET_CLASSES)
+
+
 def _remove_child(model: nn.Module, qualified_name: str) -> None:
     """Delete a child module, or replace it by ``nn.Identity`` if the parent's forward
     may still call it (a parent that is neither ``nn.Sequential`` nor one of ours)."""
     parent, child = _parent_of(model, qualified_name)
-    if isinstance(parent, nn.Sequential | NormResNet | NormBottleneck | NormBasicBlock):
+    if isinstance(parent, nn.Sequential) or _is_norm_resnet_part(parent):
         delattr(parent, child)
     else:
         setattr(parent, child, nn.Identity())
@@ -333,9 +334,12 @@ def convert_norm(model: nn.Module, kind: str, *, eps: float = DEFAULT_EPS) -> nn
         bias = layer.bias is not None or id(layer) in gets_beta
         _normalize_weight(layer, kind, bias=bias, last=layer is layers[-1], eps=eps)
 
-    for module in list(model.modules()):
-        if type(module) in RESNET_CLASSES:
-            convert_resnet_module(module, kind)
+    if "torchvision.models.resnet" in sys.modules:  # else no torchvision ResNet can be here
+        from stability.paper.normalization.resnet import RESNET_CLASSES, convert_resnet_module
+
+        for module in list(model.modules()):
+            if type(module) in RESNET_CLASSES:
+                convert_resnet_module(module, kind)
     for name in bn_pairs:
         _remove_child(model, name)
     if kind in ("np", "trelu"):

@@ -17,6 +17,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from stability.paper.normalization.layers import ResidualAdd, activation_after
 
 __all__ = [
+    "NORM_RESNET_CLASSES",
     "RESNET_CLASSES",
     "NormBasicBlock",
     "NormBottleneck",
@@ -108,3 +109,7 @@ def convert_resnet_module(module: nn.Module, kind: str) -> None:
         module.residual = ResidualAdd.for_kind(kind)
     module.__class__ = new_cls
     _reorder_children(module, order)
+
+
+#: Our BN-free classes (the values' first entries of :data:`RESNET_CLASSES`).
+NORM_RESNET_CLASSES: tuple[type, ...] = (NormResNet, NormBottleneck, NormBasicBlock)
