@@ -43,8 +43,10 @@ def test_smoke_training_every_norm(tmp_path, norm):
     assert list(frame.columns) == ["step", "layer", "layer_idx", "call_idx", "metric", "value"]
     assert sorted(frame["step"].unique()) == [0, 1]
     convs = {f"conv{i}" for i in range(1, 10)}
-    assert set(frame["layer"]) == convs
-    assert set(frame["metric"]) >= {"output_norm", "grad_norm", "coherence"}
+    assert set(frame["layer"]) == convs | {"(loss)"}
+    assert set(frame["metric"]) >= {"output_norm", "grad_norm", "coherence", "loss"}
+    loss = frame[frame["metric"] == "loss"]  # rec.step(loss=...): one finite row per step
+    assert sorted(loss["step"]) == [0, 1] and np.isfinite(loss["value"]).all()
     depth = frame.drop_duplicates("layer").set_index("layer")["layer_idx"]
     assert [depth[f"conv{i}"] for i in range(1, 10)] == list(range(9))  # depth order
     meta = json.loads((run / R.CONFIG).read_text())["meta"]
@@ -63,7 +65,8 @@ def test_resnet50_on_grey_images(tmp_path, tiny_fmnist):
     result = train(config, progress=False)
     assert result.status == "finished"
     frame = records(tmp_path / "r50")
-    order = frame.drop_duplicates("layer").sort_values("layer_idx")["layer"].tolist()
+    layers = frame[frame["metric"] != "loss"]  # the loss rows sit at layer_idx -1
+    order = layers.drop_duplicates("layer").sort_values("layer_idx")["layer"].tolist()
     assert order[0] == "conv1" and order[-1] == "fc" and len(order) == 54
 
 
@@ -135,4 +138,5 @@ def test_compiled_model_trains_and_records(tmp_path):
     )  # fmt: skip
     result = train(config, progress=False)
     assert result.status == "finished"
-    assert set(records(tmp_path / "compiled")["layer"]) == {f"conv{i}" for i in range(1, 10)}
+    layers = set(records(tmp_path / "compiled")["layer"])
+    assert layers == {f"conv{i}" for i in range(1, 10)} | {"(loss)"}

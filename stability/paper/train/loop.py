@@ -2,7 +2,7 @@
 
 Per optimizer step: forward under autocast (``amp``), cross-entropy in float32, backward
 (through the GradScaler for ``fp16``), ``optimizer.step()``, ``scheduler.step()``,
-``recorder.step()``; the running sums stay on the device
+``recorder.step(loss=loss)`` (the loss joins the record table, on the device); the running sums stay on the device
 (:mod:`stability.paper.train.meters`) and are read every ``check_every`` steps and at the
 end of each epoch. At an epoch end the model is evaluated (Recorder paused), the epoch's
 records are written as one parquet part (:meth:`stability.Recorder.pop_frame`), then the
@@ -230,7 +230,7 @@ class Trainer:
         loss = F.cross_entropy(logits.float(), y)
         self.optim.step(loss)
         if self.recorder is not None:
-            self.recorder.step()
+            self.recorder.step(loss=loss.detach())  # kept on the device: no host sync
         self.meter.update(loss, logits, y)
         self.watch.update(loss)
         return loss

@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Benchmark of the divergence early warning: recall, false alarms and lead per workload.
+
+    python analyses/warning_benchmark.py --preset quick   # CI: about a minute on 2 cores
+    python analyses/warning_benchmark.py                  # the full benchmark
+    python analyses/warning_benchmark.py --workloads linear-wn,relu-mlp-wn --iters 40
+
+The method and the files written: :mod:`stability.experiments.warning_benchmark`.
+Errors are one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from stability.experiments.cli import (
+    OneLineParser,
+    comma_list,
+    config_from_args,
+    nonnegative_int,
+    one_line,
+    one_of,
+    parse_with_preset,
+    positive_int,
+)
+from stability.experiments.warning_benchmark import PRESETS, WORKLOADS, BenchmarkConfig, run
+
+PROG = "warning_benchmark.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (imports nothing heavy)."""
+    default = BenchmarkConfig()
+    p = OneLineParser(
+        prog=PROG,
+        description="Recall, false alarms and lead of the divergence early warning, tuned on "
+        "some seeds and reported on held-out seeds.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = p.add_argument
+    add("--preset", choices=list(PRESETS), default=default.preset,
+        help="quick: 40 steps, 4 learning rates, 1 + 1 seeds (for CI); flags given override it")
+    add("--out", default=None, help="output folder, new or empty (runs/warning_benchmark/<time>)")
+    add("--workloads", type=comma_list(one_of(WORKLOADS, "workload")), default=None,
+        help=f"comma-separated subset of {', '.join(WORKLOADS)} "
+        f"(default {','.join(default.workloads)})")
+    add("--tuning-seeds", type=comma_list(nonnegative_int), default=None,
+        help=f"seeds that choose the thresholds (default {default.tuning_seeds})")
+    add("--reporting-seeds", type=comma_list(nonnegative_int), default=None,
+        help=f"held-out seeds reported (default {default.reporting_seeds})")
+    add("--iters", type=positive_int, default=None, help=f"steps per run ({default.iters})")
+    add("--cifar-iters", type=positive_int, default=None,
+        help=f"steps per cifar10-nv run ({default.cifar_iters})")
+    add("--lr-points", type=positive_int, default=None,
+        help="learning rates per workload, evenly spread over its grid (default: all)")
+    add("--subset", type=positive_int, default=None,
+        help=f"Fashion-MNIST training samples ({default.subset})")
+    add("--data-dir", default=None, help="Fashion-MNIST folder (default: the usual search)")
+    add("--threads", type=positive_int, default=None, help="torch threads (1)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, print; returns the exit status (0, or 2 on an error)."""
+    try:
+        args = parse_with_preset(build_parser(), argv, PRESETS)
+    except SystemExit as done:  # --help, or a usage error already printed on one line
+        return int(done.code or 0)
+    try:
+        result = run(config_from_args(BenchmarkConfig, args),
+                     progress=lambda w: print(f"training {w} ...", flush=True))
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    print(f"thresholds chosen on the tuning seeds: jump {result.jump:g}, "
+          f"loss_ratio {result.loss_ratio:g}")
+    print(result.table)
+    print(f"done in {result.seconds:.0f} s; results in {result.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
