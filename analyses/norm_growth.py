@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stability.experiments.cli import OneLineParser, config_from_args, one_line, positive_float
-from stability.experiments.growth_report import ReportConfig, format_summary, parse_steps, run
+from stability.experiments.growth_report.config import ReportConfig, parse_steps
 
 
 def _threshold(text: str) -> float | None:
@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed on one line
         return int(done.code or 0)
+    from stability.experiments.growth_report import format_summary, run  # pandas, scipy
+
     try:  # --threshold none means "non-finite only", so it is passed even when None
         config = config_from_args(ReportConfig, args, source=args.run, threshold=args.threshold)
         result = run(config)

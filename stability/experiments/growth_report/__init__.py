@@ -41,29 +41,7 @@ Modules: :mod:`.config` (``ReportConfig``), :mod:`.build` (``build_report``), :m
 ``write_report``, ``run``).
 """
 
-from stability.experiments.growth_report.build import GrowthReport, build_report
-from stability.experiments.growth_report.config import (
-    MAX_HEATMAP_COLUMNS,
-    PANELS,
-    ReportConfig,
-    check_out_dir,
-    parse_steps,
-)
-from stability.experiments.growth_report.figure import draw_report, factor_floor
-from stability.experiments.growth_report.panels import (
-    choose_profile_steps,
-    heatmap_frame,
-    profile_frame,
-)
-from stability.experiments.growth_report.summary import (
-    ReportResult,
-    default_out_dir,
-    format_summary,
-    report_files,
-    run,
-    summarize,
-    write_report,
-)
+from stability.lazy import lazy_exports
 
 __all__ = [
     "MAX_HEATMAP_COLUMNS",
@@ -86,3 +64,29 @@ __all__ = [
     "summarize",
     "write_report",
 ]
+
+# Each name loads on first use, so that parsing a report's arguments stays instant.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "GrowthReport": "stability.experiments.growth_report.build",
+        "build_report": "stability.experiments.growth_report.build",
+        "MAX_HEATMAP_COLUMNS": "stability.experiments.growth_report.config",
+        "PANELS": "stability.experiments.growth_report.config",
+        "ReportConfig": "stability.experiments.growth_report.config",
+        "check_out_dir": "stability.experiments.growth_report.config",
+        "parse_steps": "stability.experiments.growth_report.config",
+        "draw_report": "stability.experiments.growth_report.figure",
+        "factor_floor": "stability.experiments.growth_report.figure",
+        "choose_profile_steps": "stability.experiments.growth_report.panels",
+        "heatmap_frame": "stability.experiments.growth_report.panels",
+        "profile_frame": "stability.experiments.growth_report.panels",
+        "ReportResult": "stability.experiments.growth_report.summary",
+        "default_out_dir": "stability.experiments.growth_report.summary",
+        "format_summary": "stability.experiments.growth_report.summary",
+        "report_files": "stability.experiments.growth_report.summary",
+        "run": "stability.experiments.growth_report.summary",
+        "summarize": "stability.experiments.growth_report.summary",
+        "write_report": "stability.experiments.growth_report.summary",
+    },
+)

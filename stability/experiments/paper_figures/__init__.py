@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stability.experiments.paper_figures import train_missing
 from stability.experiments.paper_figures.figures import FIGURES, MAX_POINTS, figure4_data
 from stability.experiments.paper_figures.runs import (
     GPUS,
@@ -162,6 +161,8 @@ def run(config: FiguresConfig) -> FiguresResult:
     commands = paper_commands(config.runs, figures) if config.preset == "paper" else []
     trained = {}
     if config.preset == "smoke":
+        from stability.experiments.paper_figures import train_missing  # torch: only here
+
         trained = train_missing.train_smoke_runs(config.runs, figures, config.progress)
     else:
         check_runs_folder(config.runs, figures, presets, config.out)
