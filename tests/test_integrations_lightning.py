@@ -240,3 +240,29 @@ def test_tensorboard_sink_writes_into_the_run_log_dir(tmp_path):
             torch.tensor([v for _, v in got]),
             torch.tensor(expected.to_numpy(), dtype=torch.float32),
         )
+
+
+def test_the_real_monitor_is_fed_each_step_with_the_loss(tmp_path):
+    """stability.Monitor through the callback: it ends each step with the training loss (the
+    loss rows of the table), its warning reaches the callback, and training stops there."""
+    from stability import Monitor
+    from stability.fitting import WarningConfig
+
+    hair_trigger = WarningConfig(jump=1.0001, loss_ratio=1e-9, warmup=2, window=50)
+    monitors = []
+
+    def factory(recorder, on_warning):
+        monitors.append(Monitor(recorder, hair_trigger, on_warning=on_warning))
+        return monitors[0]
+
+    callback = RecorderCallback(monitor=factory, save=False)
+    trainer = fit(Regressor(), callback, tmp_path, epochs=5)
+    (monitor,) = monitors
+    assert monitor.warnings, "the hair-trigger detector never fired"
+    warn_step = monitor.warnings[0].warn_step
+    assert [a.step for a in callback.alerts] == [warn_step]
+    assert trainer.global_step == warn_step + 1  # stop_on_warning: after that step
+    frame = callback.recorder.to_frame()
+    loss = frame[frame["metric"] == "loss"]
+    assert sorted(loss["step"]) == list(range(warn_step + 1))
+    assert (loss["value"] > 0).all()

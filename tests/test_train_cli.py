@@ -84,7 +84,7 @@ def test_cli_trains_refuses_an_existing_out_and_resumes(tmp_path, tiny_fmnist):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "finished: 2 epochs, 4 steps" in done.stdout and "resume with" not in done.stdout
     assert history(out)["epoch"].tolist() == [1, 2]
-    assert set(records(out)["layer"]) == {"conv1"}
+    assert set(records(out)["layer"]) == {"conv1", "(loss)"}  # --record-include, the loss
 
 
 @pytest.mark.slow

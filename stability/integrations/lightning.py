@@ -86,7 +86,7 @@ class RecorderCallback(SessionCallback, pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        for alert in self.session.leave_training(trainer.global_step):
+        for alert in self.session.leave_training(trainer.global_step, _loss_of(outputs)):
             self._raise(trainer, alert)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -112,3 +112,10 @@ class RecorderCallback(SessionCallback, pl.Callback):
             log.warning("normstab: checkpoint saved to %s", path)
         if self.stop_on_warning:
             trainer.should_stop = True
+
+
+def _loss_of(outputs: Any) -> Any:
+    """The training loss in what ``training_step`` returned (a tensor or ``{"loss": ...}``)."""
+    if isinstance(outputs, dict):
+        return outputs.get("loss")
+    return outputs if hasattr(outputs, "detach") else None

@@ -19,7 +19,10 @@ file (checked at the start, before any training).
 A live monitor is wired as ``monitor=factory``; the session calls
 ``factory(recorder, on_warning=handler)`` once the Recorder exists and queues every
 warning the handler receives; the callback acts on them (log, checkpoint, stop) after the
-Recorder's step.
+Recorder's step. A :class:`stability.Monitor` built by the factory ends each step itself
+(``monitor.step(loss)``): Lightning passes the step's last training loss; the HF Trainer
+gives callbacks no loss, so there build the Monitor with
+``WarningConfig(loss_ratio=None)`` (the rms jump alone).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from stability.integrations.sinks import Sink
@@ -191,8 +195,12 @@ class RecordingSession:
         self._window_start = int(optimizer_steps)
         self._paused.close()
 
-    def leave_training(self, optimizer_steps: int) -> list[Alert]:
+    def leave_training(self, optimizer_steps: int, loss: Any = None) -> list[Alert]:
         """A training window ends: pause, step if the counter advanced, feed the sinks.
+
+        ``loss`` (the window's last loss, a device tensor or None) joins the record table;
+        with a live monitor that has ``step`` (:class:`stability.Monitor`), the monitor ends
+        the Recorder's step with it, so the detector sees every step.
 
         Returns:
             The monitor's warnings not yet returned, for the callback to act on.
@@ -204,7 +212,11 @@ class RecordingSession:
         stepped = int(optimizer_steps) > self._window_start
         self._window_start = None
         if stepped:
-            recorder.step()
+            loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
+            if self.monitor is not None and hasattr(self.monitor, "step"):
+                self.monitor.step(loss)
+            else:
+                recorder.step(loss=loss)
             for sink in self.sinks:
                 sink.update()
         alerts, self._queue = self._queue, []

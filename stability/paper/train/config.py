@@ -39,10 +39,16 @@ SCHEDULES: tuple[str, ...] = ("linear", "poly")
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
 PRESETS: tuple[str, ...] = ("paper", "smoke")
 
+#: What ``--on-warning`` may ask of the live divergence monitor (:mod:`.watch`).
+WARNING_ACTIONS: tuple[str, ...] = ("log", "checkpoint", "stop", "lower-lr", "none")
+
 #: Fields that may differ when a run is resumed: where and how it runs, not what it
 #: computes (``compile`` can change rounding, not the maths).
 RUNTIME_FIELDS: frozenset[str] = frozenset(
-    {"device", "threads", "num_workers", "compile", "check_every", "out", "data_dir", "download"}
+    {
+        "device", "threads", "num_workers", "compile", "check_every", "on_warning", "out",
+        "data_dir", "download",
+    }
 )
 
 
@@ -80,6 +86,11 @@ class TrainConfig:
         include: glob(s) of layer names to record (None: every conv/linear layer).
         exclude: glob(s) of layer names not to record.
         check_every: read the loss sums/non-finite flag every this many steps.
+        on_warning: what the live divergence monitor does when it warns (needs ``record``):
+            one of :data:`WARNING_ACTIONS` (``log`` prints the warning; ``checkpoint`` also
+            saves a checkpoint; ``stop`` also stops cleanly, resumable; ``lower-lr`` also
+            multiplies the learning rate by 0.1 from the next step on), or ``none`` (no
+            monitor). A resumed run may change it.
         out: the run directory.
         preset: the preset the config came from (informational).
     """
@@ -113,6 +124,7 @@ class TrainConfig:
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] | None = None
     check_every: int = 10
+    on_warning: str = "log"
     out: str = "runs/run"
     preset: str | None = None
 
@@ -127,6 +139,7 @@ class TrainConfig:
         _choice("amp mode", self.amp, AMP_MODES)
         if self.preset is not None:
             _choice("preset", self.preset, PRESETS)
+        _choice("on-warning action", self.on_warning, WARNING_ACTIONS)
         for name in ("epochs", "batch_size", "record_every", "weight_every", "check_every"):
             _positive_int(name, getattr(self, name))
         for name in ("image_size", "threads"):

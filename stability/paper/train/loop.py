@@ -2,7 +2,9 @@
 
 Per optimizer step: forward under autocast (``amp``), cross-entropy in float32, backward
 (through the GradScaler for ``fp16``), ``optimizer.step()``, ``scheduler.step()``,
-``recorder.step(loss=loss)`` (the loss joins the record table, on the device); the running sums stay on the device
+``recorder.step(loss=loss)`` (the loss joins the record table, on the device; with
+``--on-warning`` the live monitor ends the step and watches it, :mod:`.watch`); the running
+sums stay on the device
 (:mod:`stability.paper.train.meters`) and are read every ``check_every`` steps and at the
 end of each epoch. At an epoch end the model is evaluated (Recorder paused), the epoch's
 records are written as one parquet part (:meth:`stability.Recorder.pop_frame`), then the
@@ -57,6 +59,7 @@ from stability.paper.train.setup import (
     TrainData,
     describe,
 )
+from stability.paper.train.watch import build_monitor, warning_summary
 from stability.records.recorder import Recorder
 from stability.records.runs import DIVERGENCE, RunDir, write_json_atomic
 from stability.records.schema import FORWARD_METRICS
@@ -76,7 +79,8 @@ class TrainResult:
         step: optimizer steps completed.
         history: history.csv's rows.
         divergence: the content of divergence.json (non-finite values as floats), or None.
-        reason: why a ``stopped`` run stopped: ``"SIGTERM"`` or ``"max_steps"``.
+        reason: why a ``stopped`` run stopped: ``"SIGTERM"``, ``"max_steps"`` or
+            ``"warning"`` (``--on-warning stop``).
     """
 
     status: str
@@ -93,12 +97,18 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.reason: str | None = None
 
     def set(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
         self.signum = signum
+        self.reason = self.reason or "SIGTERM"
+
+    def request(self, reason: str) -> None:
+        """Stop for ``reason`` (e.g. the divergence monitor's warning)."""
+        self.reason = self.reason or reason
 
     def is_set(self) -> bool:
-        return self.signum is not None
+        return self.reason is not None
 
 
 @contextmanager
@@ -180,6 +190,10 @@ class Trainer:
         self.watch = LossWatch(net.device, 0)
         self.clock = _Clock()
         self._resume_rng: dict[str, Any] | None = None  # applied when the epoch resumes
+        self.monitor = build_monitor(
+            config.on_warning, recorder, distributed=dist.enabled,
+            save_checkpoint=self.save_checkpoint, schedule=optim.scheduler,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ start, checkpoint
     def start(self, resume: bool) -> None:
@@ -229,7 +243,9 @@ class Trainer:
         logits = self.net.logits(x)
         loss = F.cross_entropy(logits.float(), y)
         self.optim.step(loss)
-        if self.recorder is not None:
+        if self.monitor is not None:  # ends the recorder's step too; no blocking sync
+            self.monitor.step(loss.detach())
+        elif self.recorder is not None:
             self.recorder.step(loss=loss.detach())  # kept on the device: no host sync
         self.meter.update(loss, logits, y)
         self.watch.update(loss)
@@ -264,6 +280,8 @@ class Trainer:
         steps_per_epoch = self.data.steps_per_epoch
         for x, y in batches:
             self.step(*self.net.inputs(x, y))
+            if self.monitor is not None and self.monitor.should_stop:
+                flag.request("warning")  # --on-warning stop: at this step boundary
             p.batch += 1
             p.step += 1
             if on_step is not None:
@@ -340,6 +358,7 @@ class Trainer:
             "value_text": str(onset.value) if onset else None,
             "record_step": onset.step if onset else None,
             "stopped_at_step": p.step,
+            "warning": warning_summary(self.monitor, step),
         }
         if self.dist.is_main:
             write_json_atomic(self.run.path / DIVERGENCE, info)
@@ -362,6 +381,8 @@ class Trainer:
             self.run.write_status("running", epoch=p.epoch, step=p.step)
         with _handle_sigterm(flag):
             status, reason, divergence = self._epochs(flag, max_steps, progress, on_step)
+        if self.monitor is not None:
+            self.monitor.close()
         if self.dist.is_main and status != "diverged":
             where = {"epoch": p.epoch, "batch": p.batch, "step": p.step}
             self.run.write_status(status, **({"reason": reason} if reason else {}), **where)
@@ -394,12 +415,12 @@ class Trainer:
             if outcome == "stopped":
                 self._write_records()
                 self.save_checkpoint()
-                return "stopped", "SIGTERM" if flag.is_set() else "max_steps", None
+                return "stopped", flag.reason or "max_steps", None
             row = self.finish_epoch()
             if show:
                 tqdm.write(_format_row(cfg, row))
             if flag.is_set():
-                return "stopped", "SIGTERM", None
+                return "stopped", flag.reason, None
         return "finished", None, None
 
 

@@ -32,6 +32,7 @@ from stability.paper.train.config import (
     MODELS,
     PRESETS,
     SCHEDULES,
+    WARNING_ACTIONS,
     TrainConfig,
     preset_config,
     resumed_config,
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--record-exclude", dest="exclude", action="append", metavar="GLOB",
         help="do not record layers matching GLOB (repeatable)")  # fmt: skip
     add("--check-every", type=positive_int, help="read the loss on the host every N steps (10)")
+    add("--on-warning", choices=WARNING_ACTIONS,
+        help="when the live divergence monitor warns: log it (default); also checkpoint, "
+             "stop cleanly, or lower the lr 10x; none: no monitor")  # fmt: skip
     add("--out", type=Path, help="run directory (default runs/<model>-<norm>-<preset>)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -55,10 +55,18 @@ class StepSchedule(LRScheduler):
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr_fn: Callable[[int], float]):
         self.lr_fn = lr_fn
+        self.lr_scale = 1.0  # lowered by the monitor's lower-lr action; saved with the state
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
-        return [self.lr_fn(self.last_epoch) for _ in self.optimizer.param_groups]
+        lr = self.lr_fn(self.last_epoch) * self.lr_scale
+        return [lr for _ in self.optimizer.param_groups]
+
+    def scale_lr(self, factor: float) -> None:
+        """Multiply the schedule, from now on, and every group's current lr by ``factor``."""
+        self.lr_scale *= factor
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v for k, v in super().state_dict().items() if k != "lr_fn"}
