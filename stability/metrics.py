@@ -56,8 +56,14 @@ def _reduce_dims(t: torch.Tensor, run_dim: int | None) -> tuple[int, ...] | None
     return tuple(d for d in range(t.ndim) if d != run_dim)
 
 
+#: Dtypes that accumulate in their own precision (no ``dtype=`` argument needed).
+_OWN_ACCUMULATION = (torch.float32, torch.float64)
+
+
 def output_norm(o: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
     """``||o||_2`` over all elements (per run along ``run_dim``), accumulated in >= float32."""
+    if run_dim is None and o.dtype in _OWN_ACCUMULATION:
+        return torch.linalg.vector_norm(o.detach())  # the hooks' hot path: the same value
     dims = _reduce_dims(o, run_dim)
     return torch.linalg.vector_norm(o.detach(), dim=dims, dtype=_accumulation_dtype(o))
 

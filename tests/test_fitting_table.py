@@ -92,3 +92,29 @@ def test_explicit_layers_then_main_path():
     assert fitting.depth_growth(frame)["factor"].iloc[0] == pytest.approx(2.0)
     only_inner = fitting.depth_growth(frame, layers=["b", "c", "d.inner"])
     assert only_inner["n_layers"].iloc[0] == 3  # d is not selected, so d.inner is kept
+
+
+def test_fits_read_the_first_training_call_by_default():
+    """Two calls per step (two micro-batches, call 1 growing twice as fast across depth):
+    the default of metric_table / depth_growth / time_growth is call 0
+    (table.TRAINING_CALL), the same as asking for it; call 1 is fitted only on request."""
+    from stability.fitting.table import TRAINING_CALL
+
+    rows = [
+        (step, f"l{k}", k, call, "output_rms", float(np.exp((1 + call) * 0.1 * k + 0.01 * step)))
+        for step in range(4)
+        for k in range(5)
+        for call in (1, 0)
+    ]
+    frame = pd.DataFrame(
+        rows, columns=["step", "layer", "layer_idx", "call_idx", "metric", "value"]
+    )
+    assert TRAINING_CALL == 0
+    first = frame[frame.call_idx == 0]
+    pd.testing.assert_frame_equal(fitting.depth_growth(frame), fitting.depth_growth(first))
+    assert np.allclose(fitting.depth_growth(frame).slope, 0.1)
+    assert np.allclose(fitting.depth_growth(frame, call_idx=1).slope, 0.2)
+    pd.testing.assert_frame_equal(
+        fitting.metric_table(frame, "output_rms"), fitting.metric_table(first, "output_rms")
+    )
+    assert fitting.time_growth(frame, "l2").slope.item() == pytest.approx(0.01)

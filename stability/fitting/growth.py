@@ -4,6 +4,8 @@
 ``t`` (``k`` the depth rank), :func:`time_growth` fits ``log v(t) = intercept + slope * t``
 for one layer, over the whole run or in sliding windows; :func:`metric_table` is one
 metric as a step x layer table. ``factor = exp(slope)`` is the growth per layer or per step.
+Each fit reads one call of every module per step: call 0 by default, the step's first
+training forward (:func:`~stability.fitting.table._select`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from stability.fitting.regression import (
     _theil_sen,
 )
 from stability.fitting.table import (
+    TRAINING_CALL,
     _check_min,
     _few,
     _filter_layers,
@@ -37,7 +40,7 @@ from stability.records.schema import LOSS_METRIC
 def metric_table(
     frame: pd.DataFrame,
     metric: str,
-    call_idx: int = 0,
+    call_idx: int = TRAINING_CALL,
     *,
     layers: str | Iterable[str] | None = None,
 ) -> pd.DataFrame:
@@ -46,7 +49,9 @@ def metric_table(
     Args:
         frame: The record table.
         metric: The metric to tabulate, e.g. ``"output_rms"``.
-        call_idx: Which call of each module (0 = first call in the step).
+        call_idx: Which call of each module in the step (:data:`TRAINING_CALL`, 0, the
+            default: its first training forward, the first micro-batch under gradient
+            accumulation; evaluation forwards are no calls, see :func:`_select`).
         layers: Optional glob pattern (``"layer4.*"``) or collection of exact layer names.
 
     Returns:
@@ -69,7 +74,7 @@ def depth_growth(
     frame: pd.DataFrame,
     metric: str = "output_rms",
     *,
-    call_idx: int = 0,
+    call_idx: int = TRAINING_CALL,
     layers: str | Iterable[str] | None = None,
     main_path: bool = True,
     robust: bool = False,
@@ -101,7 +106,9 @@ def depth_growth(
     Args:
         frame: The record table.
         metric: The metric to fit (``output_rms`` is batch-size free).
-        call_idx: Which call of each module (0 = first call in the step).
+        call_idx: Which call of each module in the step (:data:`TRAINING_CALL`, 0, the
+            default: its first training forward, the first micro-batch under gradient
+            accumulation; evaluation forwards are no calls, see :func:`_select`).
         layers: Optional glob pattern (``"layer4.*"``) or collection of exact layer names.
         main_path: Fit only the layers on the model's main path: a layer nested in another
             recorded layer (``q_proj.lora_A.default`` inside a peft wrapper ``q_proj``) is
@@ -164,7 +171,7 @@ def time_growth(
     layer: str,
     metric: str = "output_rms",
     *,
-    call_idx: int = 0,
+    call_idx: int = TRAINING_CALL,
     window: int | None = None,
     robust: bool = False,
     min_points: int = 3,
@@ -181,7 +188,8 @@ def time_growth(
         frame: The record table.
         layer: The layer's qualified name.
         metric: The metric to fit.
-        call_idx: Which call of the module (0 = first call in the step).
+        call_idx: Which call of the module in the step (:data:`TRAINING_CALL`, 0, the
+            default: its first training forward; see :func:`_select`).
         window: None for one fit over all recorded steps; an integer ``W`` for a
             sliding fit at every recorded step ``s`` over the records with step in
             ``[s - W + 1, s]`` (``W`` is in optimizer steps, not records; with

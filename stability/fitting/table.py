@@ -2,8 +2,9 @@
 
 A record table has the columns :data:`stability.records.schema.COLUMNS`, one value per
 row. These helpers reject malformed tables with one-line errors that name the problem,
-select one metric and call index, filter layers by glob or by name, order layers by
-depth, and take logarithms of the values a fit may use (finite and > 0).
+select one metric and call index (call 0, the first training forward, by default),
+filter layers by glob or by name, order layers by depth, and take logarithms of the
+values a fit may use (finite and > 0).
 """
 
 from __future__ import annotations
@@ -55,8 +56,24 @@ def _layers_in_depth_order(sub: pd.DataFrame) -> list[str]:
     return [name for _, name in order]
 
 
-def _select(frame: pd.DataFrame, metric: str, call_idx: int) -> pd.DataFrame:
-    """Rows of one metric and one call index, with duplicate rows rejected."""
+#: The call the fits read by default: call 0, a module's first training forward in a step.
+TRAINING_CALL: int = 0
+
+
+def _select(frame: pd.DataFrame, metric: str, call_idx: int = TRAINING_CALL) -> pd.DataFrame:
+    """Rows of one metric and one call index, with duplicate rows rejected.
+
+    A *call* is one recorded forward of a module within an optimizer step, numbered from 0
+    in the order they ran (``call_idx``): under gradient accumulation the micro-batches
+    (call 0 = the first), for a shared module each use. Evaluation forwards (autograd
+    disabled, e.g. validation under ``torch.no_grad()`` after ``Recorder.step()``) are not
+    calls and have no rows with the Recorder's default ``record_no_grad=False``, so the
+    default call 0 (:data:`TRAINING_CALL`) is the step's first training forward: the same
+    value whether or not the loop validates, and whatever the number of micro-batches.
+    (A table recorded with ``record_no_grad=True`` numbers validation forwards as calls
+    too: a fit of call 0 there may read a validation batch.) Weight metrics are recorded
+    at call 0 only.
+    """
     _check_frame(frame)
     _check_metrics(frame, [metric])
     by_metric = frame[(frame["metric"] == metric).to_numpy()]

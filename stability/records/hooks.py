@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import weakref
+from collections import OrderedDict
 from functools import partial
 
 import torch
@@ -30,6 +31,12 @@ CODE = {m: i for i, m in enumerate(METRICS)}
 # Codes of the raw norms kept between a hook and flush(); they never reach the table.
 RAW_OUTPUT_NORM = len(METRICS)  # ||o||, aux = elements per run -> output_norm, output_rms
 RAW_INPUT_NORM = len(METRICS) + 1  # ||x||, right after its ||o|| row -> gain
+_GRAD_NORM = CODE["grad_norm"]
+
+# Bound once: the hooks call these on every layer call.
+_current_autograd_node = torch._C._current_autograd_node
+_grad_enabled = torch.is_grad_enabled
+_functorch_level = torch._C._functorch.maybe_current_level
 
 
 def _first_tensor(value, floating_only: bool = True) -> torch.Tensor | None:
@@ -46,6 +53,66 @@ def _first_tensor(value, floating_only: bool = True) -> torch.Tensor | None:
     return None
 
 
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``_first_tensor((args, kwargs))``: ``args[0]`` at once when it is a floating tensor."""
+    if args:
+        first = args[0]
+        if isinstance(first, torch.Tensor) and first.is_floating_point():
+            return first
+    return _first_tensor((args, kwargs))
+
+
+def _add_tensor_hook(tensor: torch.Tensor, hook) -> None:
+    """``tensor.register_hook(hook)`` for a hook that is never removed, without building
+    its removable handle.
+
+    For a plain (not subclassed) non-leaf tensor it takes the very steps of
+    ``Tensor.register_hook`` (the tensor's hook dict, connected to its ``grad_fn`` once),
+    so the hook runs at the same point and in the same order among the tensor's hooks;
+    its key, the hook itself, never collides with a handle's integer id. Anything else
+    (a leaf, a tensor subclass, a torch whose internals differ: :data:`_DIRECT_HOOKS`)
+    goes through ``register_hook``.
+    """
+    if _DIRECT_HOOKS and type(tensor) is torch.Tensor:
+        grad_fn = tensor.grad_fn  # also materialises the node (avoids a torch crash on views)
+        if grad_fn is not None:
+            hooks = tensor._backward_hooks
+            if hooks is None:
+                hooks = tensor._backward_hooks = OrderedDict()
+                grad_fn._register_hook_dict(tensor)
+            hooks[hook] = hook
+            return
+    tensor.grad_fn  # noqa: B018 - materialise the node first (avoids a torch crash on views)
+    tensor.register_hook(hook)
+
+
+def _direct_hooks_work() -> bool:
+    """Whether :func:`_add_tensor_hook`'s direct path works in this torch: a hook added
+    that way and one added by ``register_hook`` after it each see the gradient once, in
+    that order."""
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = torch.ones(2, requires_grad=True)
+            out = leaf * 2
+            seen: list[tuple[str, torch.Tensor]] = []
+            hooks = out._backward_hooks
+            if hooks is None:
+                hooks = out._backward_hooks = OrderedDict()
+                out.grad_fn._register_hook_dict(out)
+            hooks["direct"] = lambda grad: seen.append(("direct", grad))
+            out.register_hook(lambda grad: seen.append(("handle", grad)))
+            out.sum().backward()
+        return [name for name, _ in seen] == ["direct", "handle"] and all(
+            torch.equal(grad, torch.ones(2)) for _, grad in seen
+        )
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+
+
+#: Whether :func:`_add_tensor_hook` may skip ``register_hook`` (checked once at import).
+_DIRECT_HOOKS = _direct_hooks_work()
+
+
 def _tensors(value):
     """Every tensor in nested tuples / lists / dicts."""
     if isinstance(value, torch.Tensor):
@@ -58,7 +125,7 @@ def _tensors(value):
             yield from _tensors(item)
 
 
-def _grad_target(out: torch.Tensor, args) -> torch.Tensor:
+def _grad_target(out: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
     """The tensor whose gradient equals the gradient with respect to ``out``.
 
     A Linear on a >2-d input returns a view of its 2-d product; an in-place operation on
@@ -68,7 +135,7 @@ def _grad_target(out: torch.Tensor, args) -> torch.Tensor:
     base = out._base
     if base is None or base.numel() != out.numel() or not base.requires_grad:
         return out
-    if any(base is x for x in _tensors(args)):
+    if any(base is x for x in _tensors((args, kwargs))):
         return out
     return base
 
@@ -79,7 +146,7 @@ def _record_grad_norm(
     """Tensor hook on a recorded output: ``grad_norm`` of the gradient flowing back into it."""
     alive = recorder()
     if alive is not None and alive._attached:
-        alive._put(M.output_norm(grad, alive.run_dim), step, code, call, CODE["grad_norm"])
+        alive._put(M.output_norm(grad, alive.run_dim), step, code, call, _GRAD_NORM)
 
 
 def inside_function_transform() -> bool:
@@ -88,7 +155,7 @@ def inside_function_transform() -> bool:
     The tensors a hook sees there are per-sample or dual wrappers that cannot be stacked
     with the step's other values, so the Recorder records nothing inside a transform.
     """
-    return torch._C._functorch.maybe_current_level() is not None
+    return _functorch_level() is not None
 
 
 def dispatch(method, recorder: weakref.ref, code: int, *hook_args):
@@ -102,7 +169,7 @@ def dispatch(method, recorder: weakref.ref, code: int, *hook_args):
     alive = recorder()
     if alive is None or not alive._attached:
         return None
-    if inside_function_transform():
+    if _functorch_level() is not None:  # inside_function_transform()
         alive._warn_function_transform()
         return None
     return method(alive, code, *hook_args)
@@ -160,7 +227,8 @@ class ForwardRecording:
     """The per-call half of :class:`~stability.records.recorder.Recorder` (a base class).
 
     It reads the Recorder's settings (``run_dim``, ``_forward``, ``_grad``, ``_recording``,
-    ``_weights_due``, ``_paused``, ``record_no_grad``, ``step_count``), keeps the per-step state ``_calls``,
+    ``_weights_due``, ``_paused``, ``record_no_grad``, ``step_count``), keeps the per-step
+    state ``_calls``,
     ``_recompute_calls``, ``_grad_hooked``, ``_last_output``, ``_input_before`` and
     ``_layer_idx``, and queues values through ``_put`` / ``_record_weights``.
 
@@ -192,10 +260,10 @@ class ForwardRecording:
     def _forward_hook(self, code: int, module: nn.Module, args, kwargs, output) -> None:
         if self._paused or not (self._recording or self._weights_due):
             return
-        if torch._C._current_autograd_node() is not None:
+        if _current_autograd_node() is not None:
             self._recomputed(code, output)  # a forward re-run inside backward (checkpointing)
             return
-        if self._evaluating():
+        if not _grad_enabled() and self._evaluating():
             return  # an evaluation forward is not a call of the training step
         call = self._calls[code]
         self._calls[code] = call + 1
@@ -205,7 +273,7 @@ class ForwardRecording:
         if self._recording and code not in self._weights_only:
             out = _first_tensor(output)
             if out is not None:
-                self._record_output(out, (args, kwargs), code, call)
+                self._record_output(out, args, kwargs, code, call)
         if self._weights_due and call == 0:
             # the layer's own module (not the hook's: attention holds out_proj's hook);
             # nothing for a module without a matrix weight
@@ -228,7 +296,9 @@ class ForwardRecording:
         self._depth_rank = {c: i for i, c in enumerate(order)}
         self._layer_idx = {self.layer_names[c]: i for i, c in enumerate(order)}
 
-    def _record_output(self, out: torch.Tensor, args, code: int, call: int) -> None:
+    def _record_output(
+        self, out: torch.Tensor, args: tuple, kwargs: dict, code: int, call: int
+    ) -> None:
         """``||o||`` (and ``||x||`` for the gain) now; ``grad_norm`` by a hook on ``out``."""
         step = self.step_count
         if self._forward:
@@ -237,16 +307,15 @@ class ForwardRecording:
             if "gain" in self._forward:
                 x_norm = self._input_before.pop(code, None)
                 if x_norm is None:
-                    x = _first_tensor(args)
+                    x = _first_input(args, kwargs)
                     x_norm = None if x is None else self._input_norm(x)
                 if x_norm is not None:
                     self._record_input(x_norm, norm, step, code, call)
             self._remember_output(out, norm)
         if self._grad and out.requires_grad:
             self._grad_hooked.add((code, call))
-            target = _grad_target(out, args)
-            target.grad_fn  # noqa: B018 - materialise the node first (avoids a torch crash on views)
-            target.register_hook(partial(self._grad_hook, step, code, call))
+            target = _grad_target(out, args, kwargs)
+            _add_tensor_hook(target, partial(self._grad_hook, step, code, call))
 
     def _recomputed(self, code: int, output) -> None:
         """Activation checkpointing re-runs a layer's forward inside backward: it is not a
@@ -259,8 +328,7 @@ class ForwardRecording:
             return
         if (code, call) not in self._grad_hooked:
             self._grad_hooked.add((code, call))
-            out.grad_fn  # noqa: B018 - materialise the node first (avoids a torch crash on views)
-            out.register_hook(partial(self._grad_hook, self.step_count, code, call))
+            _add_tensor_hook(out, partial(self._grad_hook, self.step_count, code, call))
 
     def _record_input(
         self, x_norm: torch.Tensor, norm: torch.Tensor, step: int, code: int, call: int

@@ -43,7 +43,9 @@ GRAD_METRICS: tuple[str, ...] = ("grad_norm",)
 #: ``zero_rows``, the number of zero rows they left out (a padding embedding's tied decoder,
 #: a pruned unit; a zero row has no direction), recorded only where it is not 0. Rows
 #: ``w_i`` are the layer's output units whatever the storage layout (see
-#: :mod:`stability.records.weights`).
+#: :mod:`stability.records.weights`). Above ``metrics.COHERENCE_ROW_LIMIT`` (4096) rows, e.g.
+#: a vocabulary-sized decoder, both are estimated on a fixed seeded sample of that many rows
+#: (:func:`stability.metrics.bounded_coherence`: the max a lower bound, the mean unbiased).
 WEIGHT_METRICS: tuple[str, ...] = ("weight_norm", "coherence", "coherence_mean", "zero_rows")
 #: The training loss, given to ``Recorder.step(loss=...)``: one row per recorded step (per
 #: run with ``run_dim``), on the pseudo-layer :data:`LOSS_LAYER` at :data:`LOSS_LAYER_IDX`.

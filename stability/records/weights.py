@@ -239,8 +239,14 @@ def _tie_key(matrices: Sequence[torch.Tensor], groups: int, run_dim, wanted) -> 
     """What makes two layers' weight metrics equal: the same memory read as the same
     rows (address, shape, strides, dtype, version), the same groups, run_dim and metrics."""
     views = tuple(
-        (m.data_ptr(), m.device, m.dtype, tuple(m.shape), m.stride(),
-         -1 if m.is_inference() else m._version)
+        (
+            m.data_ptr(),
+            m.device,
+            m.dtype,
+            tuple(m.shape),
+            m.stride(),
+            -1 if m.is_inference() else m._version,
+        )
         for m in matrices
     )
     return views, groups, run_dim, tuple(wanted)
