@@ -40,23 +40,51 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = p.add_argument
-    add("--preset", choices=list(PRESETS), default=default.preset,
-        help="quick: 40 steps, 4 learning rates, 1 + 1 seeds (for CI); flags given override it")
+    add(
+        "--preset",
+        choices=list(PRESETS),
+        default=default.preset,
+        help="quick: 40 steps, 4 learning rates, 1 + 1 seeds (for CI); flags given override it",
+    )
     add("--out", default=None, help="output folder, new or empty (runs/warning_benchmark/<time>)")
-    add("--workloads", type=comma_list(one_of(WORKLOADS, "workload")), default=None,
+    add(
+        "--workloads",
+        type=comma_list(one_of(WORKLOADS, "workload")),
+        default=None,
         help=f"comma-separated subset of {', '.join(WORKLOADS)} "
-        f"(default {','.join(default.workloads)})")
-    add("--tuning-seeds", type=comma_list(nonnegative_int), default=None,
-        help=f"seeds that choose the thresholds (default {default.tuning_seeds})")
-    add("--reporting-seeds", type=comma_list(nonnegative_int), default=None,
-        help=f"held-out seeds reported (default {default.reporting_seeds})")
+        f"(default {','.join(default.workloads)})",
+    )
+    add(
+        "--tuning-seeds",
+        type=comma_list(nonnegative_int),
+        default=None,
+        help=f"seeds that choose the thresholds (default {default.tuning_seeds})",
+    )
+    add(
+        "--reporting-seeds",
+        type=comma_list(nonnegative_int),
+        default=None,
+        help=f"held-out seeds reported (default {default.reporting_seeds})",
+    )
     add("--iters", type=positive_int, default=None, help=f"steps per run ({default.iters})")
-    add("--cifar-iters", type=positive_int, default=None,
-        help=f"steps per cifar10-nv run ({default.cifar_iters})")
-    add("--lr-points", type=positive_int, default=None,
-        help="learning rates per workload, evenly spread over its grid (default: all)")
-    add("--subset", type=positive_int, default=None,
-        help=f"Fashion-MNIST training samples ({default.subset})")
+    add(
+        "--cifar-iters",
+        type=positive_int,
+        default=None,
+        help=f"steps per cifar10-nv run ({default.cifar_iters})",
+    )
+    add(
+        "--lr-points",
+        type=positive_int,
+        default=None,
+        help="learning rates per workload, evenly spread over its grid (default: all)",
+    )
+    add(
+        "--subset",
+        type=positive_int,
+        default=None,
+        help=f"Fashion-MNIST training samples ({default.subset})",
+    )
     add("--data-dir", default=None, help="Fashion-MNIST folder (default: the usual search)")
     add("--threads", type=positive_int, default=None, help="torch threads (1)")
     return p
@@ -69,13 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error already printed on one line
         return int(done.code or 0)
     try:
-        result = run(config_from_args(BenchmarkConfig, args),
-                     progress=lambda w: print(f"training {w} ...", flush=True))
+        result = run(
+            config_from_args(BenchmarkConfig, args),
+            progress=lambda w: print(f"training {w} ...", flush=True),
+        )
     except (ValueError, OSError, RuntimeError) as error:
         print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
         return 2
-    print(f"thresholds chosen on the tuning seeds: jump {result.jump:g}, "
-          f"loss_ratio {result.loss_ratio:g}")
+    print(
+        f"thresholds chosen on the tuning seeds: jump {result.jump:g}, "
+        f"loss_ratio {result.loss_ratio:g}"
+    )
     print(result.table)
     print(f"done in {result.seconds:.0f} s; results in {result.out}/")
     return 0

@@ -32,14 +32,18 @@ def test_signals_match_the_brute_force():
     values = np.exp(rng.normal(size=(40, 5)).cumsum(0) * 0.1)
     loss = np.exp(rng.normal(size=40) * 0.2) + 1
     detector = WarningDetector(WarningConfig(window=7, warmup=3))
-    got = [detector.observe(t, range(5), [f"l{i}" for i in range(5)], values[t], loss[t])
-           for t in range(40)]
+    got = [
+        detector.observe(t, range(5), [f"l{i}" for i in range(5)], values[t], loss[t])
+        for t in range(40)
+    ]
     jumps, ratios, factors = _brute(values, loss, 7)
     np.testing.assert_allclose([s.jump for s in got], jumps, rtol=1e-12)
     np.testing.assert_allclose([s.loss_ratio for s in got], ratios, rtol=1e-12)
     np.testing.assert_allclose([s.factor for s in got], factors, rtol=1e-9)
     assert [s.ready for s in got] == [t >= 3 for t in range(40)]
-    top = [int(np.argmax(values[t] / np.median(values[max(0, t - 7):t], 0))) for t in range(1, 40)]
+    top = [
+        int(np.argmax(values[t] / np.median(values[max(0, t - 7) : t], 0))) for t in range(1, 40)
+    ]
     assert [s.layer for s in got[1:]] == [f"l{i}" for i in top]
 
 
@@ -75,8 +79,14 @@ def test_steps_left_is_the_fastest_growth_extrapolated_to_the_threshold():
 def test_regime_and_config_errors():
     assert regime_of(0.1, 0.05) == "abrupt" and regime_of(0.0, 0.05) == "slow"
     assert regime_of(math.nan, 0.05) == "unknown"
-    for bad in ({"jump": 1.0}, {"window": 0}, {"metric": "loss"}, {"loss_ratio": -1.0},
-                {"min_layers": 2}, {"warmup": True}):
+    for bad in (
+        {"jump": 1.0},
+        {"window": 0},
+        {"metric": "loss"},
+        {"loss_ratio": -1.0},
+        {"min_layers": 2},
+        {"warmup": True},
+    ):
         with pytest.raises(ValueError, match="WarningConfig"):
             WarningConfig(**bad)
 

@@ -58,6 +58,7 @@ def _check_table(out: Path) -> pd.DataFrame:
     return table
 
 
+@pytest.mark.slow  # minutes on 2 cores: ResNet-50 steps on CPU
 def test_dry_run_writes_the_table_without_the_tests(tmp_path):
     out = tmp_path / "dry"
     done = _script("--dry-run", "--no-tests", *TINY, "--out", str(out))

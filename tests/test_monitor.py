@@ -91,9 +91,9 @@ def test_factory_signature_fits_the_integrations_session():
     from stability.integrations.session import RecordingSession
 
     session = RecordingSession(
-        {"metrics": ("output_rms", "loss")}, save=False, monitor=lambda rec, on_warning: Monitor(
-            rec, on_warning=on_warning
-        )
+        {"metrics": ("output_rms", "loss")},
+        save=False,
+        monitor=lambda rec, on_warning: Monitor(rec, on_warning=on_warning),
     )
     recorder = session.start(deep_linear(4, 8, 6, 3, norm="none"), None)
     assert isinstance(session.monitor, Monitor) and session.monitor.recorder is recorder

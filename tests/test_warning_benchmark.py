@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stability.experiments.warning_benchmark import BenchmarkConfig
-from stability.experiments.warning_benchmark import scoring
+from stability.experiments.warning_benchmark import BenchmarkConfig, scoring
 
 SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "warning_benchmark.py"
 
@@ -19,9 +18,15 @@ SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "warning_benchmark.p
 def _signals(workload, onset, jumps, losses, regime="abrupt", split="reporting"):
     n = len(jumps)
     return {
-        "workload": workload, "lr": 0.1, "seed": 0, "split": split, "onset": onset,
-        "regime": regime if onset is not None else "stable", "step": np.arange(n),
-        "ready": np.arange(n) >= 2, "jump": np.asarray(jumps, float),
+        "workload": workload,
+        "lr": 0.1,
+        "seed": 0,
+        "split": split,
+        "onset": onset,
+        "regime": regime if onset is not None else "stable",
+        "step": np.arange(n),
+        "ready": np.arange(n) >= 2,
+        "jump": np.asarray(jumps, float),
         "loss_ratio": np.asarray(losses, float),
     }
 
@@ -51,9 +56,12 @@ def test_outcomes_leads_and_false_alarms_by_hand():
 def test_tune_prefers_no_false_alarms_then_recall_then_lead():
     grid = pd.DataFrame(
         {
-            "jump": [2.0, 4.0, 8.0], "loss_ratio": [0.0, 2.0, 2.0],
-            "workload": ["w"] * 3, "regime": ["abrupt"] * 3,
-            "recall": [1.0, 1.0, 0.5], "false_alarms": [0.5, 0.0, 0.0],
+            "jump": [2.0, 4.0, 8.0],
+            "loss_ratio": [0.0, 2.0, 2.0],
+            "workload": ["w"] * 3,
+            "regime": ["abrupt"] * 3,
+            "recall": [1.0, 1.0, 0.5],
+            "false_alarms": [0.5, 0.0, 0.0],
             "median_lead": [5.0, 3.0, 1.0],
         }
     )
@@ -70,18 +78,43 @@ def test_config_is_checked():
 
 def test_script_end_to_end_and_refuses_a_used_folder(tmp_path):
     out = tmp_path / "bench"
-    command = [sys.executable, str(SCRIPT), "--preset", "quick", "--workloads", "linear-wn",
-               "--iters", "15", "--lr-points", "2", "--subset", "1024", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--preset",
+        "quick",
+        "--workloads",
+        "linear-wn",
+        "--iters",
+        "15",
+        "--lr-points",
+        "2",
+        "--subset",
+        "1024",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "| linear-wn |" in done.stdout
-    for name in ("config.json", "runs.csv", "summary.csv", "report.md", "warning_benchmark.png",
-                 "grid_tuning.csv", "grid_reporting.csv"):
+    for name in (
+        "config.json",
+        "runs.csv",
+        "summary.csv",
+        "report.md",
+        "warning_benchmark.png",
+        "grid_tuning.csv",
+        "grid_reporting.csv",
+    ):
         assert (out / name).is_file(), name
     runs = pd.read_csv(out / "runs.csv")
     assert set(runs["split"]) == {"tuning", "reporting"} and len(runs) == 4
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "--out" in again.stderr and again.stderr.count("\n") == 1
-    bad = subprocess.run([sys.executable, str(SCRIPT), "--workloads", "resnet"],
-                         capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(
+        [sys.executable, str(SCRIPT), "--workloads", "resnet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode == 2 and "resnet" in bad.stderr

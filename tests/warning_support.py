@@ -28,8 +28,15 @@ def no_host_sync(active: bool):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def ramp_run(ramp: bool, steps: int = 50, device: str = "cpu", stop_at_warning: bool = False,
-             actions=(), stop: bool = False, no_sync: bool = False):
+def ramp_run(
+    ramp: bool,
+    steps: int = 50,
+    device: str = "cpu",
+    stop_at_warning: bool = False,
+    actions=(),
+    stop: bool = False,
+    no_sync: bool = False,
+):
     """An 8-layer linear net on fixed random data; ``ramp``: the lr explodes from step 25.
 
     ``no_sync``: the training loop runs under :func:`no_host_sync` (CUDA).

@@ -27,6 +27,7 @@ from torch import nn
 from stability import metrics as M
 from stability.experiments.bench_recorder.config import WEIGHT_EVERY
 from stability.records.recorder import select_modules
+from stability.records.weights import weight_metric_values
 
 
 class HookedLayers:
@@ -87,12 +88,10 @@ class ItemHooks(HookedLayers):
         self.rows.append((step, name, "gain", norm / M.output_norm(x).item()))
         if out.requires_grad:
             out.register_hook(partial(self._grad_hook, step, name))
-        if step % self.weight_every == 0:
-            with torch.no_grad():
-                coherence = M.row_coherence(module.weight, groups=getattr(module, "groups", 1))
-                self.rows.append((step, name, "weight_norm", M.weight_norm(module.weight).item()))
-            self.rows.append((step, name, "coherence", coherence[0].item()))
-            self.rows.append((step, name, "coherence_mean", coherence[1].item()))
+        if step % self.weight_every == 0:  # the effective weight, rows = output units
+            values = weight_metric_values(module, ("weight_norm", "coherence", "coherence_mean"))
+            for metric, value in values.items():
+                self.rows.append((step, name, metric, value.item()))
 
     def _grad_hook(self, step: int, name: str, grad: torch.Tensor) -> None:
         self.rows.append((step, name, "grad_norm", M.output_norm(grad).item()))

@@ -56,6 +56,7 @@ def __getattr__(name: str):
         return getattr(resnet, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "DEFAULT_EPS",
     "NORM_KINDS",

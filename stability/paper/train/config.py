@@ -46,8 +46,15 @@ WARNING_ACTIONS: tuple[str, ...] = ("log", "checkpoint", "stop", "lower-lr", "no
 #: computes (``compile`` can change rounding, not the maths).
 RUNTIME_FIELDS: frozenset[str] = frozenset(
     {
-        "device", "threads", "num_workers", "compile", "check_every", "on_warning", "out",
-        "data_dir", "download",
+        "device",
+        "threads",
+        "num_workers",
+        "compile",
+        "check_every",
+        "on_warning",
+        "out",
+        "data_dir",
+        "download",
     }
 )
 
