@@ -23,12 +23,11 @@ from stability.experiments.bench_recorder import PRESETS, WORKLOADS, BenchConfig
 from stability.experiments.cli import (
     OneLineParser,
     comma_list,
-    config_from_args,
     nonnegative_int,
-    one_line,
     one_of,
-    parse_with_preset,
     positive_int,
+    print_report,
+    run_experiment,
 )
 
 PROG = "bench_recorder.py"
@@ -94,19 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, print; returns the exit status (0, or 2 on an error)."""
-    try:
-        args = parse_with_preset(build_parser(), argv, PRESETS)
-    except SystemExit as done:  # --help, or a usage error already printed on one line
-        return int(done.code or 0)
-    try:
-        result = run(config_from_args(BenchConfig, args))
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    print()
-    print(result.report)
-    print(f"done in {result.seconds:.0f} s; results in {result.out}/")
-    return 0
+    return run_experiment(PROG, build_parser(), argv, PRESETS, BenchConfig, run, print_report)
 
 
 if __name__ == "__main__":

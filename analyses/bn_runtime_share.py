@@ -25,12 +25,11 @@ from stability.experiments.bn_runtime_share import (
 from stability.experiments.cli import (
     OneLineParser,
     comma_list,
-    config_from_args,
     nonnegative_int,
-    one_line,
     one_of,
-    parse_with_preset,
     positive_int,
+    print_report,
+    run_experiment,
 )
 
 PROG = "bn_runtime_share.py"
@@ -82,19 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, print; returns the exit status (0, or 2 on an error)."""
-    try:
-        args = parse_with_preset(build_parser(), argv, PRESETS)
-    except SystemExit as done:  # --help, or a usage error already printed on one line
-        return int(done.code or 0)
-    try:
-        result = run(config_from_args(ShareConfig, args))
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    print()
-    print(result.report)
-    print(f"done in {result.seconds:.0f} s; results in {result.out}/")
-    return 0
+    return run_experiment(PROG, build_parser(), argv, PRESETS, ShareConfig, run, print_report)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,10 @@ from collections.abc import Sequence
 from stability.experiments.cli import (
     OneLineParser,
     comma_list,
-    config_from_args,
     nonnegative_int,
-    one_line,
     one_of,
-    parse_with_preset,
     positive_int,
+    run_experiment,
 )
 from stability.experiments.warning_benchmark import PRESETS, WORKLOADS, BenchmarkConfig, run
 
@@ -90,27 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, run, print; returns the exit status (0, or 2 on an error)."""
-    try:
-        args = parse_with_preset(build_parser(), argv, PRESETS)
-    except SystemExit as done:  # --help, or a usage error already printed on one line
-        return int(done.code or 0)
-    try:
-        result = run(
-            config_from_args(BenchmarkConfig, args),
-            progress=lambda w: print(f"training {w} ...", flush=True),
-        )
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
-        return 2
+def _report(result) -> None:
     print(
         f"thresholds chosen on the tuning seeds: jump {result.jump:g}, "
         f"loss_ratio {result.loss_ratio:g}"
     )
     print(result.table)
     print(f"done in {result.seconds:.0f} s; results in {result.out}/")
-    return 0
+
+
+def _run(config):
+    return run(config, progress=lambda w: print(f"training {w} ...", flush=True))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, print; returns the exit status (0, or 2 on an error)."""
+    return run_experiment(PROG, build_parser(), argv, PRESETS, BenchmarkConfig, _run, _report)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import math
 import platform
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,40 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--subset", type=positive_int, help="keep the first N samples of each split"
     )
     return parser  # fmt: skip
+
+
+def run_experiment(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    presets: Mapping[str, Mapping[str, Any]],
+    config_type: type,
+    run: Callable[[Any], Any],
+    report: Callable[[Any], None],
+) -> int:
+    """The ``main`` of an experiment script: parse (``--preset`` applied), make the config,
+    ``run`` it, ``report`` the result.
+
+    Returns:
+        0; or argparse's status for ``--help`` and usage errors (already one line); or 2
+        after a one-line ``PROG: error: ...`` on stderr for a ValueError, OSError or
+        RuntimeError of the run (a bad value, an existing output, missing data).
+    """
+    try:
+        args = parse_with_preset(parser, argv, presets)
+    except SystemExit as done:  # --help, or a usage error already printed on one line
+        return int(done.code or 0)
+    try:
+        result = run(config_from_args(config_type, args))
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    report(result)
+    return 0
+
+
+def print_report(result: Any) -> None:
+    """Print an experiment result's Markdown ``report``, its time and its folder."""
+    print()
+    print(result.report)
+    print(f"done in {result.seconds:.0f} s; results in {result.out}/")
