@@ -15,6 +15,7 @@ import weakref
 
 import pytest
 import torch
+from records_support import assert_no_hooks
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -24,10 +25,6 @@ from stability import Recorder
 def _net(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def _hooks_left(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def _train_step(model: nn.Module, rec: Recorder | None, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +58,7 @@ def test_a_recorded_model_can_be_saved_and_copied(how):
         assert len(rec.to_frame()) == rows
     # Its hooks are inert placeholders; state_dict round trips are untouched by them.
     assert torch.equal(twin(x), model(x))
-    assert _hooks_left(model) == 0
+    assert_no_hooks(model)
 
 
 def test_an_unclosed_recorder_is_collected_and_frees_the_model():
@@ -72,7 +69,7 @@ def test_an_unclosed_recorder_is_collected_and_frees_the_model():
     del rec
     gc.collect()
     assert alive() is None
-    assert _hooks_left(model) == 0
+    assert_no_hooks(model)
     with Recorder(model) as again:  # not blocked by the forgotten one
         _train_step(model, again, x)
         assert len(again.to_frame()) > 0
@@ -89,7 +86,7 @@ def test_a_recorder_lost_to_an_exception_frees_the_model():
     with pytest.raises(KeyboardInterrupt):
         fails_mid_training()
     gc.collect()
-    assert _hooks_left(model) == 0
+    assert_no_hooks(model)
     Recorder(model).close()
 
 
@@ -114,7 +111,7 @@ def test_torch_func_transforms_record_nothing_and_break_nothing():
     _train_step(model, rec, x)
     assert set(rec.to_frame()["step"]) == {1}
     rec.close()
-    assert _hooks_left(model) == 0
+    assert_no_hooks(model)
 
 
 @pytest.mark.slow

@@ -59,24 +59,14 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from records_support import FORWARD, HOOK_DICTS, WEIGHT
 from torch import nn
 
 from stability import Recorder
 from stability.fitting import divergence_onset
 
-FORWARD = ("output_norm", "output_rms", "gain")
-WEIGHT = ("weight_norm", "coherence", "coherence_mean")
 ALL_METRICS = FORWARD + ("grad_norm",) + WEIGHT
 NORMS = ("output_norm", "output_rms", "grad_norm", "weight_norm")
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
 
 # --------------------------------------------------------------------------- helpers
 
