@@ -17,6 +17,7 @@ the outputs on dimension 0). The package has three modules:
 Every public name of the three is importable from here.
 """
 
+from stability.lazy import lazy_exports
 from stability.paper.normalization.convert import (
     bn_layer,
     convert_norm,
@@ -45,16 +46,14 @@ from stability.paper.normalization.layers import (
     weight_norm_parameters,
 )
 
-_LAZY_RESNET = ("NormBasicBlock", "NormBottleneck", "NormResNet")
-
-
-def __getattr__(name: str):
-    """The BN-free ResNet classes load on first use: they import torchvision (seconds)."""
-    if name in _LAZY_RESNET:
-        from stability.paper.normalization import resnet
-
-        return getattr(resnet, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The BN-free ResNet classes load on first use: they import torchvision (seconds).
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        name: "stability.paper.normalization.resnet"
+        for name in ("NormBasicBlock", "NormBottleneck", "NormResNet")
+    },
+)
 
 
 __all__ = [
