@@ -9,8 +9,9 @@ monitor :class:`stability.Monitor`, and the :mod:`stability.fitting` and
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stability.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from stability import fitting, metrics
@@ -20,23 +21,12 @@ if TYPE_CHECKING:
 __all__ = ["Monitor", "Recorder", "fitting", "metrics"]
 __version__ = "0.1.0"
 
-_LAZY = {
-    "Monitor": ("stability.monitor", "Monitor"),
-    "Recorder": ("stability.records.recorder", "Recorder"),
-    "fitting": ("stability.fitting", None),
-    "metrics": ("stability.metrics", None),
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'stability' has no attribute {name!r}")
-    module_name, attribute = _LAZY[name]
-    module = importlib.import_module(module_name)
-    value = module if attribute is None else getattr(module, attribute)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Monitor": "stability.monitor",
+        "Recorder": "stability.records.recorder",
+        "fitting": "stability.fitting",
+        "metrics": "stability.metrics",
+    },
+)
