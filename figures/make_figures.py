@@ -3,13 +3,16 @@
 
     python figures/make_figures.py --runs runs/ --out figures/out                  # draw only
     python figures/make_figures.py --runs runs/ --out figures/out --preset smoke   # CPU, minutes
+    python figures/make_figures.py --runs runs/ --out figures/out --preset mini --jobs 2  # ~1 h
     python figures/make_figures.py --runs runs/ --out figures/out --preset paper   # + GPU commands
 
-Runs are found by name, ``<runs>/<model>-<norm>-<preset>/`` (what ``analyses/train.py``
-writes by default). Without ``--preset`` each figure is drawn from the ``paper`` runs if
-all of them exist, else from the ``smoke`` runs; ``--preset paper`` also prints the GPU
-commands of every paper-scale run; ``--preset smoke`` first trains the smoke runs that are
-missing (resuming stopped ones).
+Runs are found by name, ``<runs>/<model>-<norm>-<preset>[-seed<N>]/`` (what
+``analyses/train.py`` writes by default). Without ``--preset`` each figure is drawn from
+the ``paper`` runs if all of them exist, else from the ``mini`` runs, else from the
+``smoke`` runs; ``--preset paper`` also prints the GPU commands of every paper-scale run;
+``--preset smoke`` / ``--preset mini`` first train that preset's runs that are missing
+(resuming stopped ones; ``--jobs N`` trains N at once, one thread each); ``mini`` also
+writes ``summary.md`` / ``summary.csv`` / ``growth.csv``, the measured numbers.
 
 Exit status: 0 when every figure was drawn; 1 when a figure was skipped for missing runs
 (each missing run is named with the command that makes it); 2 for bad arguments or a
@@ -25,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stability.experiments.cli import OneLineParser, config_from_args, one_line
+from stability.experiments.cli import OneLineParser, config_from_args, one_line, positive_int
 from stability.experiments.paper_figures import FIGURES, FiguresConfig, NoRunsError, run
 from stability.paper.train import PRESETS
 
@@ -39,8 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("figures/out"), help="output folder")
     p.add_argument(
         "--preset", choices=PRESETS, default=None,
-        help="smoke: train missing CPU smoke runs first; paper: print the GPU commands",
+        help="smoke / mini: train that preset's missing CPU runs first (smoke: minutes, a "
+             "pipeline check; mini: about an hour, the paper's claims); paper: print the "
+             "GPU commands",
     )  # fmt: skip
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="runs trained at once by smoke / mini, one thread each (default 1)",
+    )
     p.add_argument(
         "--only", choices=[f.name for f in FIGURES], action="append",
         help="draw only this figure (repeatable)",

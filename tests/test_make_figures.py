@@ -50,9 +50,9 @@ LAYERS = {"conv1": 0, "layer1.0.conv1": 1, "layer1.0.conv2": 2, "layer4.2.conv3"
 # --------------------------------------------------------------------------- fixture runs
 
 
-def fixture_value(norm: str, column: str, epoch: int) -> float:
-    """A distinct, positive number per (norm, column, epoch)."""
-    base = {"bn": 1.0, "wn": 2.0, "np": 3.0, "trelu": 4.0, "none": 5.0}[norm]
+def fixture_value(norm: str, column: str, epoch: int, seed: int = 0) -> float:
+    """A distinct, positive number per (norm, column, epoch, seed)."""
+    base = {"bn": 1.0, "wn": 2.0, "np": 3.0, "trelu": 4.0, "none": 5.0}[norm] + 0.5 * seed
     offset = {"train_loss": 0, "test_loss": 10, "train_top1": 20, "test_top1": 30}.get(column, 40)
     return base + offset + 1.0 / epoch
 
@@ -66,16 +66,17 @@ def coherence(layer_idx: int, step: int) -> float:
 
 
 def make_run(
-    runs: Path, model: str, norm: str, preset: str, epochs: int = EPOCHS, diverged=False
-) -> Path:
+    runs: Path, model: str, norm: str, preset: str, epochs: int = EPOCHS, diverged=False,
+    seed: int = 0,
+) -> Path:  # fmt: skip
     """A run directory as training writes it: config, history, two record parts."""
-    path = runs / T.run_name(model, norm, preset)
+    path = runs / T.run_name(model, norm, preset, seed)
     run = R.RunDir(path)
     path.mkdir(parents=True)
-    config = T.preset_config(model, norm, preset, epochs=EPOCHS, out=str(path)).to_dict()
-    run.write_config(config | {"meta": {"steps_per_epoch": STEPS_PER_EPOCH}})
+    config = T.preset_config(model, norm, preset, epochs=EPOCHS, seed=seed, out=str(path))
+    run.write_config(config.to_dict() | {"meta": {"steps_per_epoch": STEPS_PER_EPOCH}})
     for epoch in range(1, epochs + 1):
-        row = {c: fixture_value(norm, c, epoch) for c in R.HISTORY_COLUMNS}
+        row = {c: fixture_value(norm, c, epoch, seed) for c in R.HISTORY_COLUMNS}
         row |= {"epoch": epoch, "step": epoch * STEPS_PER_EPOCH}
         run.append_history(row)
     steps = np.arange(epochs * STEPS_PER_EPOCH)
@@ -97,16 +98,19 @@ def make_run(
     return path
 
 
-def make_all_runs(runs: Path, preset: str, skip: tuple[tuple[str, str], ...] = ()) -> None:
+def make_all_runs(
+    runs: Path, preset: str, skip: tuple[tuple[str, str], ...] = (), seeds: tuple[int, ...] = (0,)
+) -> None:
     for model, norm in mf.needed_runs():
         if (model, norm) not in skip:
-            make_run(runs, model, norm, preset)
+            for seed in seeds:
+                make_run(runs, model, norm, preset, seed=seed)
 
 
 EXPECTED_FILES = {
     "figure2": ["train_loss", "test_top1"],
     "figure3": ["train_top1", "test_top1", "train_loss", "test_loss"],
-    "figure4": ["output_norm", "coherence"],
+    "figure4": ["output_norm", "coherence", "growth"],
 }
 
 
@@ -137,7 +141,7 @@ def test_curve_csvs_hold_the_history_values(tmp_path, figure, norms):
     assert script.main(["--runs", str(runs), "--out", str(out), "--only", figure]) == 0
     for panel in EXPECTED_FILES[figure]:
         data = pd.read_csv(out / f"{figure}_{panel}.csv")
-        assert list(data.columns) == ["norm", "epoch", panel]
+        assert list(data.columns) == ["norm", "seed", "epoch", panel]
         assert list(pd.unique(data["norm"])) == list(norms)
         for row in data.itertuples(index=False):
             assert getattr(row, panel) == pytest.approx(fixture_value(row.norm, panel, row.epoch))
@@ -153,7 +157,13 @@ def test_figure4_takes_the_first_and_last_layers_in_depth_order(tmp_path):
     for row in norms.itertuples(index=False):
         assert row.value == pytest.approx(output_norm(row.layer_idx, row.step))
         assert row.epoch == pytest.approx(row.step / STEPS_PER_EPOCH)
-    assert len(norms) == 2 * EPOCHS * STEPS_PER_EPOCH
+    assert list(pd.unique(norms["norm"])) == ["wn", "bn"]  # WN as in the paper, BN beside it
+    assert len(norms) == 2 * 2 * EPOCHS * STEPS_PER_EPOCH
+    growth = pd.read_csv(out / "figure4_growth.csv")
+    assert list(growth["layer"]) == list(LAYERS) * 2  # every layer, depth order, per norm
+    # the fixture's output norm grows by exactly 1.1 per step: 1.1**4 per epoch
+    assert growth["factor_per_epoch"].to_numpy() == pytest.approx(1.1**STEPS_PER_EPOCH)
+    assert growth["r2"].to_numpy() == pytest.approx(1.0)
     coh = pd.read_csv(out / "figure4_coherence.csv")
     assert set(coh["step"]) == set(range(0, EPOCHS * STEPS_PER_EPOCH, 2))
     for row in coh.itertuples(index=False):
@@ -270,6 +280,58 @@ def test_smoke_preset_trains_only_what_is_missing(tmp_path, monkeypatch):
     assert sorted(calls) == [("cifar10_nv", "wn", False, True), ("resnet50", "bn", True, False)]
     assert code == 0
     assert all((out / f"{figure}.png").is_file() for figure in EXPECTED_FILES)
+
+
+# --------------------------------------------------------------------------- mini preset
+
+
+def test_mini_figures_need_every_seed_and_name_the_missing_one(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    assert T.MINI_SEEDS == (0, 1)
+    make_all_runs(runs, "mini", seeds=(0,))
+    assert script.main(["--runs", str(runs), "--out", str(out), "--only", "figure3"]) == 1
+    printed = capsys.readouterr().err
+    for norm in ("bn", "wn"):
+        assert f"resnet50-{norm}-mini-seed1 (not found)" in printed
+        assert f"--norm {norm} --preset mini --seed 1 --out" in printed
+
+
+def test_mini_draws_every_seed_and_summarises_their_spread(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    make_all_runs(runs, "mini", seeds=T.MINI_SEEDS)
+    result = mf.run(mf.FiguresConfig(runs=runs, out=out, preset="mini", progress=False))
+    assert not result.skipped and not result.trained  # every run is there: nothing trained
+    curves = pd.read_csv(out / "figure2_test_top1.csv")
+    assert sorted(curves["seed"].unique()) == [0, 1]
+    assert len(curves) == len(mf.FIGURES[0].norms) * 2 * EPOCHS
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == (5 + 2) * 2  # Figures 2 and 3, every norm and seed
+    for row in summary.itertuples(index=False):
+        assert row.final_test_top1 == pytest.approx(
+            fixture_value(row.norm, "test_top1", EPOCHS, row.seed)
+        )
+        assert row.train_loss_epoch1 == pytest.approx(
+            fixture_value(row.norm, "train_loss", 1, row.seed)
+        )
+    text = (out / "summary.md").read_text()
+    bn = [fixture_value("bn", "test_top1", EPOCHS, s) for s in (0, 1)]
+    assert f"| BN | 2 | {np.mean(bn):.1f} ({min(bn):.1f}-{max(bn):.1f}) |" in text
+    assert f"{1.1**STEPS_PER_EPOCH:.3f} (fc)" in text  # Figure 4: the last layer's growth
+
+
+def test_mini_trains_each_missing_seed_with_its_own_config(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "resnet50", "wn", "mini")  # seed 0 done
+    todo = train_missing.runs_to_train(runs, mf.FIGURES[1:], "mini")
+    names = [Path(config.out).name for config, _ in todo]
+    assert names == ["resnet50-bn-mini", "resnet50-bn-mini-seed1", "resnet50-wn-mini-seed1"]
+    for config, resume in todo:
+        assert not resume
+        assert config.seed == (1 if config.out.endswith("seed1") else 0)
+        assert config == T.preset_config("resnet50", config.norm, "mini", seed=config.seed,
+                                         out=config.out)  # fmt: skip
+    with pytest.raises(ValueError, match="jobs must be a positive integer"):
+        mf.FiguresConfig(runs=runs, preset="mini", jobs=0)
 
 
 @pytest.mark.slow

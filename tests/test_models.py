@@ -195,6 +195,28 @@ def test_resnet50_factory(kind):
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
 
 
+@pytest.mark.parametrize("kind", ["bn", "wn"])
+def test_width_narrows_the_networks_and_keeps_their_shape(kind):
+    """cifar10-nv's 128/256/320 channels become round(c * width); ResNet-50's bottleneck
+    inner width becomes 64 * width while depth and block outputs stay ResNet-50's."""
+    narrow = cifar10_nv(kind, in_channels=1, width=0.25)
+    convs = [m for m in narrow.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 32, 64, 64, 64, 80, 80, 10]
+    assert narrow(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    full, small = resnet50(kind, num_classes=10), resnet50(kind, num_classes=10, width=0.25)
+    assert len(list(full.modules())) == len(list(small.modules()))
+    assert small.layer1[0].conv1.out_channels == 16 and small.layer1[0].conv3.out_channels == 256
+    assert small.layer4[2].conv2.out_channels == 128 and small.fc.in_features == 2048
+    assert small(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("width", [0, -1.0, float("nan"), float("inf"), "wide", True])
+def test_width_must_be_a_positive_finite_number(width):
+    for factory in (cifar10_nv, resnet50):
+        with pytest.raises(ValueError, match="width must be a positive finite number"):
+            factory("bn", width=width)
+
+
 def test_resnet50_rejects_unknown_norm():
     with pytest.raises(ValueError, match=r"'gn'.*none, bn, wn, np, trelu"):
         resnet50("gn")

@@ -56,6 +56,58 @@ def test_smoke_presets_use_fashion_mnist_and_keep_the_optimizer():
 
 
 @pytest.mark.parametrize("model", C.MODELS)
+def test_mini_presets_scale_down_data_and_width_and_keep_the_papers_optimizer(model):
+    for norm in NORM_KINDS:
+        paper, mini = C.preset_config(model, norm, "paper"), C.preset_config(model, norm, "mini")
+        assert mini.dataset == "fashion-mnist" and mini.width == 0.25 and mini.batch_size == 128
+        assert mini.subset[0] // mini.batch_size * mini.epochs == 800  # optimizer steps
+        same = ("schedule", "power", "final_lr", "wd", "momentum")
+        assert [getattr(mini, f) for f in same] == [getattr(paper, f) for f in same]
+        assert mini.lr == pytest.approx(paper.lr * mini.batch_size / paper.batch_size)
+    assert C.MINI_SEEDS == (0, 1)
+    assert C.run_name(model, "wn", "mini", 1) == f"{model}-wn-mini-seed1"
+    assert C.preset_config(model, "wn", "mini", seed=1).out == str(
+        Path("runs") / f"{model}-wn-mini-seed1"
+    )
+
+
+def _readme_mini_table() -> dict[str, dict[str, str]]:
+    """The README's table of the mini preset: ``{setting: {column: value}}``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = text.split("<!-- mini-preset-table -->")[1].strip().splitlines()
+    rows = lines[: next(i for i, line in enumerate(lines) if not line.startswith("|"))]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    table = {}
+    for line in rows[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table[cells[0]] = dict(zip(header[1:], cells[1:], strict=True))
+    return table
+
+
+def test_the_readme_states_the_mini_preset_as_it_is():
+    """Every value of the README's mini table is the preset's value (the WN kinds and BN
+    share the data, width and steps; their optimizer settings are the paper's)."""
+    table = _readme_mini_table()
+    columns = {"cifar10-nv": "cifar10_nv", "ResNet-50": "resnet50"}
+    for column, model in columns.items():
+        c = C.preset_config(model, "wn", "mini")
+        n_train, n_test = c.subset
+        expected = {
+            "data": f"Fashion-MNIST, {n_train} train / {n_test} test images",
+            "input": f"{c.image_size or 28} x 28",
+            "width": f"{c.width:g}",
+            "batch": str(c.batch_size),
+            "epochs": str(c.epochs),
+            "optimizer steps": str(n_train // c.batch_size * c.epochs),
+            "initial lr": f"{c.lr:g}",
+            "weight metrics every": f"{c.weight_every} steps",
+            "seeds": ", ".join(map(str, C.MINI_SEEDS)),
+        }
+        for setting, value in expected.items():
+            assert table[setting][column] == value, (setting, column)
+
+
+@pytest.mark.parametrize("model", C.MODELS)
 def test_smoke_presets_take_enough_steps_for_batch_norm_running_statistics(model):
     """BatchNorm evaluates with running statistics that keep 0.9^steps of their initial
     value (momentum 0.1); at the networks' batch variance of ~0.002 that share must be
@@ -103,6 +155,8 @@ def test_preset_config_names_a_bad_choice(args, message):
         {"epochs": 0},
         {"subset": (1, 2, 3)},
         {"image_size": 32},  # cifar10_nv needs 28x28
+        {"width": 0.0},
+        {"width": float("inf")},
     ],
 )
 def test_config_rejects_bad_values(bad):

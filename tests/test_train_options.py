@@ -37,10 +37,21 @@ def _refused(argv, capsys) -> str:
         (["--model", "cifar10_nv", "--norm", "bn", "--resume", "--force"], "not allowed"),
         (["--model", "cifar10_nv", "--norm", "bn", "--test-subset", "4"], "needs --subset"),
         (["--model", "cifar10_nv", "--norm", "bn", "--image-size", "32"], "28x28"),
+        (["--model", "cifar10_nv", "--norm", "bn", "--width", "0"], "positive number"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(argv, message, capsys):
     assert message in _refused(argv, capsys)
+
+
+def test_mini_preset_with_a_seed_and_a_width_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config, _ = parse(["--model", "resnet50", "--norm", "wn", "--preset", "mini", "--seed", "1"])
+    assert config == preset_config("resnet50", "wn", "mini", seed=1)
+    assert config.out == "runs/resnet50-wn-mini-seed1"
+    config, _ = parse(["--model", "cifar10_nv", "--norm", "bn", "--preset", "mini",
+                       "--width", "0.5"])  # fmt: skip
+    assert config == preset_config("cifar10_nv", "bn", "mini", width=0.5)
 
 
 def test_an_out_under_a_file_is_one_line(tmp_path, capsys):

@@ -3,18 +3,21 @@
 The library half of ``figures/make_figures.py``: :func:`run` takes a :class:`FiguresConfig`.
 
 * ``preset=None``: each figure is drawn from the ``paper`` runs if all of them exist, else
-  from the ``smoke`` runs if all of those exist.
+  from the ``mini`` runs, else from the ``smoke`` runs.
 * ``preset="paper"``: the result carries the GPU commands that produce every paper-scale
   run; the figures whose paper runs exist are drawn.
-* ``preset="smoke"``: first trains (in this process) the smoke runs that are missing and
-  resumes those that stopped early, then draws from the smoke runs.
+* ``preset="smoke"`` / ``"mini"``: first trains the runs of that preset that are missing
+  (``jobs`` at a time) and resumes those that stopped early, then draws from them. ``mini``
+  also writes ``summary.csv`` / ``summary.md``, the measured numbers next to the paper's
+  (:mod:`.summary`).
 
 A figure whose runs are missing is skipped with a message naming each missing run and the
 exact ``analyses/train.py`` command that makes it. A ``runs`` folder that is missing or
 holds none of the runs raises :class:`NoRunsError` before anything is written.
 
 Modules: :mod:`.runs` (finding runs, the commands for missing ones), :mod:`.figures`
-(drawing), :mod:`.train_missing` (``--preset smoke``).
+(drawing), :mod:`.train_missing` (``--preset smoke`` / ``mini``), :mod:`.summary` (the
+table of final numbers, every seed).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ from stability.experiments.paper_figures.runs import (
     train_command,
 )
 from stability.experiments.paper_figures.runs import needed_runs as _needed_runs
+from stability.experiments.paper_figures.summary import write_summary
+from stability.paper.train import PRESETS
+
+#: Presets whose missing runs :func:`run` trains itself (CPU scale).
+TRAINED_HERE = ("smoke", "mini")
 
 __all__ = [
     "FIGURES",
@@ -78,9 +86,11 @@ class FiguresConfig:
     Attributes:
         runs: Folder of run directories ``<model>-<norm>-<preset>``.
         out: Output folder of the PNGs and CSVs.
-        preset: None (paper runs, else smoke runs), ``"paper"`` or ``"smoke"``.
+        preset: None (paper runs, else mini, else smoke runs), ``"paper"``, ``"mini"`` or
+            ``"smoke"``.
         only: Names of the figures to draw (None: all).
-        progress: Progress bars while training smoke runs.
+        progress: Progress bars while training (one run at a time only).
+        jobs: Runs trained at once by ``smoke`` / ``mini`` (each with one thread when > 1).
     """
 
     runs: Path = Path("runs")
@@ -88,14 +98,17 @@ class FiguresConfig:
     preset: str | None = None
     only: tuple[str, ...] | None = None
     progress: bool = True
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         known = [spec.name for spec in FIGURES]
         unknown = sorted(set(self.only or ()) - set(known))
         if unknown:
             raise ValueError(f"unknown figure(s) {unknown}; choose from {known}")
-        if self.preset not in (None, "paper", "smoke"):
-            raise ValueError(f"unknown preset {self.preset!r}; choose paper or smoke")
+        if self.preset not in (None, *PRESETS):
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"jobs must be a positive integer, got {self.jobs!r}")
 
     def figures(self) -> list[FigureSpec]:
         """The figures to draw, in order."""
@@ -103,7 +116,7 @@ class FiguresConfig:
 
     def presets(self) -> list[str]:
         """The presets whose runs are drawn, in order of preference."""
-        return [self.preset] if self.preset else ["paper", "smoke"]
+        return [self.preset] if self.preset else ["paper", "mini", "smoke"]
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,7 @@ class FiguresResult:
             command that makes it).
         notes: Runs drawn although incomplete, with the command that continues each.
         commands: The paper-scale GPU commands (``preset="paper"`` only).
-        trained: Seconds per smoke run trained (``preset="smoke"`` only).
+        trained: Seconds per run trained (``preset="smoke"`` / ``"mini"`` only).
         seconds: Wall time of the whole call.
     """
 
@@ -149,22 +162,27 @@ def draw_figures(
 
 
 def run(config: FiguresConfig) -> FiguresResult:
-    """Train what ``config.preset == "smoke"`` asks for, then draw every figure possible.
+    """Train what ``config.preset`` (``smoke`` / ``mini``) asks for, then draw every figure
+    possible, and for ``mini`` the summary table.
 
     Raises:
         NoRunsError: ``config.runs`` is missing or holds none of the runs (not with
-            ``preset="smoke"``, which makes them); nothing is written then.
-        FileNotFoundError, ValueError: While training smoke runs (e.g. data not found).
+            ``smoke`` / ``mini``, which make them); nothing is written then.
+        FileNotFoundError, ValueError: While training (e.g. data not found).
     """
     started = time.perf_counter()
     figures, presets = config.figures(), config.presets()
     commands = paper_commands(config.runs, figures) if config.preset == "paper" else []
     trained = {}
-    if config.preset == "smoke":
+    if config.preset in TRAINED_HERE:
         from stability.experiments.paper_figures import train_missing  # torch: only here
 
-        trained = train_missing.train_smoke_runs(config.runs, figures, config.progress)
+        trained = train_missing.train_preset_runs(
+            config.runs, figures, config.preset, config.progress, config.jobs
+        )
     else:
         check_runs_folder(config.runs, figures, presets, config.out)
     written, skipped, notes = draw_figures(config.runs, config.out, presets, figures)
+    if config.preset == "mini" and not skipped:
+        written += write_summary(config.runs, config.out, figures, "mini")
     return FiguresResult(written, skipped, notes, commands, trained, time.perf_counter() - started)

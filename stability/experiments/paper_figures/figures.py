@@ -4,9 +4,15 @@
   (a) training loss and (b) test top-1 accuracy against the epoch (paper, Figure 2).
 * ``figure3.png``: ResNet-50 with BN and WN: (a) train top-1, (b) test top-1,
   (c) train loss, (d) test loss against the epoch (paper, Figure 3).
-* ``figure4.png``: WN ResNet-50: (a) the norm of the output of the first and the last
-  conv/linear layer (smallest and largest ``layer_idx``, i.e. depth order) over training,
-  log scale, and (b) the row coherence of the same layers (paper, Figure 4).
+* ``figure4.png``: ResNet-50 with WN (the paper's Figure 4) next to BN: (a) the norm of
+  the output of the first and the last conv/linear layer (smallest and largest
+  ``layer_idx``, i.e. depth order) over training, log scale, (b) the row coherence of the
+  same layers, and (c) every layer's fitted time-growth factor of its output norm per
+  epoch (:func:`growth_per_epoch`). A BN network's recorded conv outputs are taken
+  *before* its BatchNorm; its last layer, ``fc``, reads BN-normalized features.
+
+With several seeds (the ``mini`` preset), every seed is drawn: seed 0 labelled, the others
+thinner in the same colour; Figure 4 shows seed 0.
 
 Figures come from saved files only (history.csv, records.parquet, divergence.json), never
 from training inside a drawing function.
@@ -47,17 +53,23 @@ def _integer_epochs(ax) -> None:
 
 
 def _curves(ax, runs: Mapping[str, RunInfo], column: str, ylabel: str, log: bool):
-    """Draw ``column`` against the epoch for every run; return the tidy data drawn."""
+    """Draw ``column`` against the epoch for every run and seed; return the tidy data drawn."""
     frames = []
-    for i, (norm, run) in enumerate(runs.items()):
-        h = run.history
-        marker = MARKERS[i % len(MARKERS)] if len(h) < 30 else None  # overlapping curves
-        ax.plot(h["epoch"], h[column], marker=marker, ms=4, mfc="none", color=norm_color(norm),
-                label=_label(run))  # fmt: skip
-        if run.divergence is not None:
-            ax.plot(h["epoch"].iloc[-1], h[column].iloc[-1], "x", color=norm_color(norm), ms=9)
-        frames.append(pd.DataFrame({"norm": norm, "epoch": h["epoch"], column: h[column]}))
-    positive = all((run.history[column] > 0).all() for run in runs.values())
+    for i, (norm, first) in enumerate(runs.items()):
+        for run in first.all_seeds:
+            h = run.history
+            seed = int(run.config.get("seed", 0))
+            marker = MARKERS[i % len(MARKERS)] if len(h) < 30 else None  # overlapping curves
+            main = run is first
+            ax.plot(h["epoch"], h[column], marker=marker if main else None, ms=4, mfc="none",
+                    color=norm_color(norm), lw=1.5 if main else 0.8, alpha=1.0 if main else 0.6,
+                    label=_label(run) if main else None)  # fmt: skip
+            if run.divergence is not None:
+                ax.plot(h["epoch"].iloc[-1], h[column].iloc[-1], "x", color=norm_color(norm), ms=9)
+            frames.append(
+                pd.DataFrame({"norm": norm, "seed": seed, "epoch": h["epoch"], column: h[column]})
+            )
+    positive = all((r.history[column] > 0).all() for f in runs.values() for r in f.all_seeds)
     if log and positive:
         ax.set_yscale("log")
     _integer_epochs(ax)
@@ -76,8 +88,9 @@ _PANEL_TEXT = {
 
 
 def _subtitle(spec: FigureSpec, preset: str, runs: Mapping[str, RunInfo]) -> str:
-    config = next(iter(runs.values())).config
-    return f"{spec.title} ({config.get('dataset')}, {preset} preset)"
+    first = next(iter(runs.values()))
+    seeds = f", {len(first.all_seeds)} seeds" if first.seeds else ""
+    return f"{spec.title} ({first.config.get('dataset')}, {preset} preset{seeds})"
 
 
 def draw_curves(
@@ -143,17 +156,22 @@ def _binned(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
     ).drop(columns="bin")
 
 
-def figure4_data(run: RunInfo, max_points: int = MAX_POINTS) -> dict[str, pd.DataFrame]:
-    """Output norm and coherence of the first and last recorded layers, against the epoch."""
-    records = run.path / RECORDS
-    order = _layer_order(records)
-    ends = order.iloc[[0, -1]]
-    layers = list(ends["layer"])
-    filters = [("metric", "in", ["output_norm", "coherence"]), ("layer", "in", layers)]
-    frame = pd.read_parquet(records, filters=filters)
+def _records(run: RunInfo, metrics: Sequence[str], layers: Sequence[str] | None = None):
+    """The run's records of ``metrics`` (of ``layers``), call 0, rank 0 under DDP."""
+    filters = [("metric", "in", list(metrics))]
+    if layers is not None:
+        filters.append(("layer", "in", list(layers)))
+    frame = pd.read_parquet(run.path / RECORDS, filters=filters)
     if "rank" in frame.columns:  # DDP: rank 0's records
         frame = frame[frame["rank"] == 0]
-    frame = frame[frame["call_idx"] == 0]
+    return frame[frame["call_idx"] == 0]
+
+
+def figure4_data(run: RunInfo, max_points: int = MAX_POINTS) -> dict[str, pd.DataFrame]:
+    """Output norm and coherence of the first and last recorded layers, against the epoch."""
+    order = _layer_order(run.path / RECORDS)
+    layers = list(order.iloc[[0, -1]]["layer"])
+    frame = _records(run, ["output_norm", "coherence"], layers)
     per_epoch = _steps_per_epoch(run)
     data = {}
     for metric in ("output_norm", "coherence"):
@@ -164,31 +182,75 @@ def figure4_data(run: RunInfo, max_points: int = MAX_POINTS) -> dict[str, pd.Dat
     return data
 
 
+def growth_per_epoch(run: RunInfo) -> pd.DataFrame:
+    r"""Every layer's fitted exponential growth of its output norm over the whole run.
+
+    :func:`stability.fitting.time_growth` fits :math:`\log \|o_k(t)\| = a_k + b_k t` by
+    least squares over every recorded step :math:`t` of layer :math:`k`; the factor per
+    epoch is :math:`\exp(b_k S)`, :math:`S` the optimizer steps per epoch (1: flat; 1.1:
+    the norm grows 10 % per epoch). Columns ``layer, layer_idx, factor_per_epoch,
+    factor_low, factor_high`` (the 95 % interval), ``r2``, ``n_points``.
+    """
+    from stability.fitting import time_growth
+
+    frame = _records(run, ["output_norm"])
+    per_epoch = _steps_per_epoch(run)
+    rows = []
+    for (idx, layer), sub in frame.groupby(["layer_idx", "layer"], sort=True):
+        fit = time_growth(sub, layer, "output_norm").iloc[0]
+        rows.append({
+            "layer": layer,
+            "layer_idx": int(idx),
+            "factor_per_epoch": math.exp(fit["slope"] * per_epoch),
+            "factor_low": fit["factor_low"] ** per_epoch,
+            "factor_high": fit["factor_high"] ** per_epoch,
+            "r2": fit["r2"],
+            "n_points": int(fit["n_points"]),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+_FIGURE4_PANELS = {
+    "output_norm": ("(a) norm of the layer output", r"$\|o\|_2$", True),
+    "coherence": ("(b) row coherence of the layer weights", r"$\max_{i\ne j}|\cos(w_i, w_j)|$",
+                  False),
+}  # fmt: skip
+
+
 def draw_figure4(spec, preset, runs, out) -> list[Path]:
-    """Figure 4: output norm (log) and row coherence of WN ResNet-50's first and last layers."""
-    run = runs["wn"]
-    data = figure4_data(run)
-    fig, axes = new_figure(1, 2, width=5.4, height=3.9)
-    styles = ["-", "--"]
-    texts = {
-        "output_norm": ("(a) norm of the layer output", r"$\|o\|_2$", True),
-        "coherence": ("(b) row coherence of the layer weights", r"$\max_{i\ne j}|\cos(w_i, w_j)|$",
-                      False),
-    }  # fmt: skip
-    for ax, (metric, frame) in zip(axes.flat, data.items(), strict=True):
-        title, ylabel, log = texts[metric]
-        for i, (_, sub) in enumerate(frame.groupby("layer_idx", sort=True)):
-            label = f"{'first' if i == 0 else 'last'} layer ({sub['layer'].iloc[0]})"
-            ax.plot(sub["epoch"], sub["value"], styles[i % 2], color=norm_color("wn"),
-                    alpha=1.0 if i == 0 else 0.6, lw=1.2, label=label)  # fmt: skip
-        if log and (frame["value"] > 0).all():
+    """Figure 4: output norm (log) and row coherence of the first and last layers of WN
+    (and BN) ResNet-50 over training, and each layer's growth factor per epoch."""
+    fig, axes = new_figure(1, 3, width=5.0, height=3.9)
+    data: dict[str, list[pd.DataFrame]] = {"output_norm": [], "coherence": [], "growth": []}
+    for norm, run in runs.items():
+        color = norm_color(norm)
+        for ax, (metric, frame) in zip(axes.flat, figure4_data(run).items(), strict=False):
+            for i, (_, sub) in enumerate(frame.groupby("layer_idx", sort=True)):
+                where = "first" if i == 0 else "last"
+                ax.plot(sub["epoch"], sub["value"], ":" if i == 0 else "-", color=color, lw=1.3,
+                        label=f"{norm_label(norm)} {where} ({sub['layer'].iloc[0]})")  # fmt: skip
+            data[metric].append(frame.assign(norm=norm))
+        growth = growth_per_epoch(run)
+        axes.flat[2].plot(growth["layer_idx"], growth["factor_per_epoch"], ".-", color=color,
+                          ms=4, lw=0.8, label=norm_label(norm))  # fmt: skip
+        data["growth"].append(growth.assign(norm=norm))
+    for ax, (metric, (title, ylabel, log)) in zip(axes.flat, _FIGURE4_PANELS.items(), strict=False):
+        values = pd.concat(data[metric])["value"]
+        if log and (values > 0).all():
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+    growth_ax = axes.flat[2]
+    growth_ax.axhline(1.0, color="0.5", lw=0.8)
+    growth_ax.set_xlabel("layer (depth order)")
+    growth_ax.set_ylabel("fitted growth of $\\|o\\|_2$ per epoch")
+    growth_ax.set_title("(c) output-norm growth per epoch, by layer", fontsize=10)
+    growth_ax.legend(fontsize=8)
     fig.suptitle(_subtitle(spec, preset, runs))
-    return save_figure(fig, out / f"{spec.name}.png", data)
+    frames = {name: pd.concat(parts, ignore_index=True) for name, parts in data.items()}
+    return save_figure(fig, out / f"{spec.name}.png", frames)
 
 
 FIGURES: tuple[FigureSpec, ...] = (
@@ -196,6 +258,6 @@ FIGURES: tuple[FigureSpec, ...] = (
                ("bn", "wn", "np", "trelu", "none"), draw_figure2),
     FigureSpec("figure3", "Figure 3: ResNet-50, BN vs WN", "resnet50", ("bn", "wn"),
                draw_figure3),
-    FigureSpec("figure4", "Figure 4: WN ResNet-50, first and last layer", "resnet50", ("wn",),
-               draw_figure4),
+    FigureSpec("figure4", "Figure 4: ResNet-50 output norms, WN vs BN", "resnet50",
+               ("wn", "bn"), draw_figure4),
 )  # fmt: skip

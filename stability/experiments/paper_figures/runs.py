@@ -1,19 +1,21 @@
 """Finding the saved runs the paper's figures need, and the commands that make missing ones.
 
-Runs are found by name, ``<runs>/<model>-<norm>-<preset>/`` (what ``analyses/train.py``
-writes by default); a run counts once it has finished at least one epoch.
+Runs are found by name, ``<runs>/<model>-<norm>-<preset>[-seed<N>]/`` (what
+``analyses/train.py`` writes by default); a run counts once it has finished at least one
+epoch. The ``mini`` preset has one run per seed of :data:`~stability.paper.train.MINI_SEEDS`
+(the figures draw every seed, the summary reports their spread); the other presets, seed 0.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from stability.paper.train import run_name
+from stability.paper.train import MINI_SEEDS, run_name
 from stability.records.runs import CONFIG, DIVERGENCE, HISTORY, read_json
 
 #: Paper-scale ResNet-50 runs: 4 GPUs x 64 images, as in the paper (footnote 4).
@@ -33,24 +35,38 @@ class FigureSpec:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """A saved run as the figures need it."""
+    """A saved run as the figures need it; ``seeds`` holds the runs of the preset's other
+    seeds (same model, norm and preset), in seed order."""
 
     norm: str
     path: Path
     config: Mapping
     history: pd.DataFrame
     divergence: Mapping | None
+    seeds: tuple[RunInfo, ...] = ()
+
+    @property
+    def all_seeds(self) -> tuple[RunInfo, ...]:
+        """This run and its other seeds."""
+        return (self, *self.seeds)
 
 
-def run_path(runs: Path, model: str, norm: str, preset: str) -> Path:
-    """``<runs>/<model>-<norm>-<preset>``."""
-    return runs / run_name(model, norm, preset)
+def preset_seeds(preset: str) -> tuple[int, ...]:
+    """The seeds a preset's figures need: :data:`MINI_SEEDS` for ``mini``, else ``(0,)``."""
+    return MINI_SEEDS if preset == "mini" else (0,)
 
 
-def train_command(runs: Path, model: str, norm: str, preset: str) -> str:
-    """The exact command that makes the run ``run_path(runs, model, norm, preset)``."""
-    out = shlex.quote(str(run_path(runs, model, norm, preset)))
+def run_path(runs: Path, model: str, norm: str, preset: str, seed: int = 0) -> Path:
+    """``<runs>/<model>-<norm>-<preset>`` (``-seed<N>`` appended for a seed other than 0)."""
+    return runs / run_name(model, norm, preset, seed)
+
+
+def train_command(runs: Path, model: str, norm: str, preset: str, seed: int = 0) -> str:
+    """The exact command that makes the run ``run_path(runs, model, norm, preset, seed)``."""
+    out = shlex.quote(str(run_path(runs, model, norm, preset, seed)))
     args = f"analyses/train.py --model {model} --norm {norm} --preset {preset}"
+    if seed:
+        args += f" --seed {seed}"
     if preset == "paper" and model == "resnet50":
         return f"torchrun --standalone --nproc_per_node {GPUS} {args} --out {out}"
     if preset == "paper":
@@ -82,42 +98,50 @@ def is_complete(run: RunInfo) -> bool:
 
 def find_runs(
     runs: Path, spec: FigureSpec, presets: Sequence[str]
-) -> tuple[str, dict[str, RunInfo] | list[tuple[str, Path]]]:
-    """The first preset in ``presets`` for which every run of ``spec`` exists.
+) -> tuple[str, dict[str, RunInfo] | list[tuple[str, int, Path]]]:
+    """The first preset in ``presets`` for which every run of ``spec`` (every seed of
+    :func:`preset_seeds`) exists.
 
     Returns:
-        ``(preset, {norm: RunInfo})`` when one is complete; otherwise
-        ``(preset, [(norm, path), ...])`` with a list of the runs missing for the preset
-        that lacks the fewest (the first of ``presets`` on a tie).
+        ``(preset, {norm: RunInfo})`` (seed 0's run, the others in its ``seeds``) when one
+        is complete; otherwise ``(preset, [(norm, seed, path), ...])`` with the runs
+        missing for the preset closest to complete (the most runs found, then the fewest
+        missing, then the first of ``presets``).
     """
-    closest: tuple[str, list[tuple[str, Path]]] | None = None
+    closest: tuple[tuple[int, int], str, list[tuple[str, int, Path]]] | None = None
     for preset in presets:
-        found, missing = {}, []
+        found, missing, present = {}, [], 0
         for norm in spec.norms:
-            path = run_path(runs, spec.model, norm, preset)
-            run = load_run(path, norm)
-            if run is None:
-                missing.append((norm, path))
-            else:
-                found[norm] = run
+            seeds = []
+            for seed in preset_seeds(preset):
+                path = run_path(runs, spec.model, norm, preset, seed)
+                run = load_run(path, norm)
+                if run is None:
+                    missing.append((norm, seed, path))
+                else:
+                    seeds.append(run)
+                    present += 1
+            if len(seeds) == len(preset_seeds(preset)):
+                found[norm] = replace(seeds[0], seeds=tuple(seeds[1:]))
         if not missing:
             return preset, found
-        if closest is None or len(missing) < len(closest[1]):
-            closest = (preset, missing)
-    return closest
+        rank = (-present, len(missing))
+        if closest is None or rank < closest[0]:
+            closest = (rank, preset, missing)
+    return closest[1:]
 
 
 def missing_message(runs: Path, spec: FigureSpec, preset: str, missing) -> str:
     """Names every missing run of a figure and the command that makes it."""
     lines = [f"{spec.name}: skipped, {len(missing)} run(s) missing ({preset} preset):"]
-    for norm, path in missing:
+    for norm, seed, path in missing:
         why = "exists but has no finished epoch" if path.exists() else "not found"
         lines.append(f"  {path} ({why}); make it with:")
-        lines.append(f"    {train_command(runs, spec.model, norm, preset)}")
+        lines.append(f"    {train_command(runs, spec.model, norm, preset, seed)}")
         if path.exists() and (path / CONFIG).is_file():
             lines.append(f"    (or continue it: {resume_command(path)})")
     if preset == "paper":
-        lines.append("  (or draw a CPU version: make_figures.py --preset smoke)")
+        lines.append("  (or draw a CPU version: make_figures.py --preset mini, or smoke)")
     return "\n".join(lines)
 
 
@@ -166,7 +190,12 @@ def check_runs_folder(
     A figure with some runs missing is not an error here (it is skipped with a message);
     a folder with none of them means nothing can be drawn at all.
     """
-    wanted = [run_path(runs, m, n, p) for m, n in needed_runs(figures) for p in presets]
+    wanted = [
+        run_path(runs, m, n, p, seed)
+        for m, n in needed_runs(figures)
+        for p in presets
+        for seed in preset_seeds(p)
+    ]
     if any(path.is_dir() for path in wanted):
         return
     why = "does not exist" if not runs.exists() else (
@@ -178,6 +207,7 @@ def check_runs_folder(
     hints = [
         "make the runs with:",
         f"  {script} --preset smoke   # trains the CPU smoke runs (minutes), then draws",
+        f"  {script} --preset mini    # the paper's claims at CPU scale (about an hour)",
         f"  {script} --preset paper   # prints the GPU commands of the paper-scale runs",
     ]
     if presets == ["paper"]:

@@ -25,11 +25,11 @@ preset_config`` (or importing :mod:`~stability.paper.train.config`) does not loa
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from stability.lazy import lazy_exports
 
 _WHERE = {
     "AMP_MODES": "config",
+    "MINI_SEEDS": "config",
     "MODELS": "config",
     "PRESETS": "config",
     "RUNTIME_FIELDS": "config",
@@ -51,15 +51,4 @@ _WHERE = {
 }
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, {n: f"{__name__}.{m}" for n, m in _WHERE.items()})

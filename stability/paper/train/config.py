@@ -24,6 +24,7 @@ from stability.paper.names import NORM_KINDS
 
 __all__ = [
     "AMP_MODES",
+    "MINI_SEEDS",
     "MODELS",
     "PRESETS",
     "RUNTIME_FIELDS",
@@ -37,7 +38,7 @@ __all__ = [
 MODELS: tuple[str, ...] = ("cifar10_nv", "resnet50")
 SCHEDULES: tuple[str, ...] = ("linear", "poly")
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
-PRESETS: tuple[str, ...] = ("paper", "smoke")
+PRESETS: tuple[str, ...] = ("paper", "mini", "smoke")
 
 #: What ``--on-warning`` may ask of the live divergence monitor (:mod:`.watch`).
 WARNING_ACTIONS: tuple[str, ...] = ("log", "checkpoint", "stop", "lower-lr", "none")
@@ -71,6 +72,8 @@ class TrainConfig:
         download: let torchvision download Fashion-MNIST / CIFAR-10 if missing.
         image_size: input side (None: the data set's default, 28 or 224).
         subset: ``(n_train, n_test)`` first samples kept (an int sets both); None: all.
+        width: channel multiplier of the model (1: the paper's network; see
+            :func:`stability.paper.models.cifar10_nv` and :func:`~stability.paper.models.resnet50`).
         epochs: training epochs.
         batch_size: global mini-batch (split evenly over DDP processes).
         lr: initial learning rate :math:`\eta_0`.
@@ -109,6 +112,7 @@ class TrainConfig:
     download: bool = False
     image_size: int | None = None
     subset: tuple[int, int] | None = None
+    width: float = 1.0
     epochs: int = 2
     batch_size: int = 128
     lr: float = 0.01
@@ -162,6 +166,8 @@ class TrainConfig:
             raise ValueError(f"final_lr must be in [0, lr={self.lr}], got {self.final_lr!r}")
         if not (math.isfinite(self.power) and self.power > 0):
             raise ValueError(f"power must be a positive number, got {self.power!r}")
+        if isinstance(self.width, bool) or not (math.isfinite(self.width) and self.width > 0):
+            raise ValueError(f"width must be a positive number, got {self.width!r}")
         if not (math.isfinite(self.wd) and self.wd >= 0):
             raise ValueError(f"wd must be >= 0, got {self.wd!r}")
         if not 0 <= self.momentum < 1:
@@ -248,9 +254,10 @@ def resumed_config(
     return replace(stored, **{k: getattr(given, k) for k in RUNTIME_FIELDS})
 
 
-def run_name(model: str, norm: str, preset: str) -> str:
-    """The conventional run directory name, ``<model>-<norm>-<preset>``."""
-    return f"{model}-{norm}-{preset}"
+def run_name(model: str, norm: str, preset: str, seed: int = 0) -> str:
+    """The conventional run directory name, ``<model>-<norm>-<preset>`` for seed 0 and
+    ``<model>-<norm>-<preset>-seed<seed>`` for the others."""
+    return f"{model}-{norm}-{preset}" + (f"-seed{seed}" if seed else "")
 
 
 # --------------------------------------------------------------------------- presets
@@ -304,6 +311,38 @@ _SMOKE = {
 }
 
 
+# Mini runs: the paper's per-norm optimizer settings at a scale where the whole set of
+# Figures 2-4 (5 + 2 norms, MINI_SEEDS each) trains in about an hour on a 2-core CPU.
+# Fashion-MNIST subsets, batch 128 (the paper's cifar10-nv batch), networks narrowed with
+# ``width`` (cost ~ width**2), 800 optimizer steps per run so the schedules decay over a
+# real training run. ResNet-50 keeps its 50 layers, strides and block outputs; its
+# bottleneck width is 16 instead of 64, and its learning rate is the paper's scaled
+# linearly with the batch (0.1 * 128 / 256). Its training set is smaller (5120 images,
+# 20 epochs) so that the train / test gap of Figure 3 has room to appear.
+MINI_SEEDS: tuple[int, ...] = (0, 1)
+_MINI = {
+    "cifar10_nv": {
+        "dataset": "fashion-mnist",
+        "subset": (10240, 2000),
+        "width": 0.25,
+        "epochs": 10,
+        "batch_size": 128,
+        "weight_every": 20,
+    },
+    "resnet50": {
+        "dataset": "fashion-mnist",
+        "image_size": 28,
+        "subset": (5120, 2000),
+        "width": 0.25,
+        "epochs": 20,
+        "batch_size": 128,
+        "lr": 0.1 * 128 / 256,
+        "weight_every": 20,
+    },
+}
+_SCALED = {"smoke": _SMOKE, "mini": _MINI}
+
+
 def preset_config(model: str, norm: str, preset: str = "paper", **overrides: Any) -> TrainConfig:
     """The paper's hyper-parameters for ``model`` and ``norm`` (or the smoke version).
 
@@ -315,14 +354,20 @@ def preset_config(model: str, norm: str, preset: str = "paper", **overrides: Any
     * ResNet-50 (section 4.2, footnote 4): ImageNet, 120 epochs, batch 256 (global),
       lr 0.1, poly power 2 to 0, wd 1e-4, for every norm.
 
+    ``mini``: the same per-norm optimizer settings at CPU scale (see :data:`_MINI`):
+    Fashion-MNIST, batch 128, 800 steps; cifar10-nv at width 0.25 on 10240 / 2000 images
+    for 10 epochs; ResNet-50 (28 x 28, bottleneck width 16) on 5120 / 2000 images for 20
+    epochs with lr 0.05; weight metrics every 20 steps. Seeds :data:`MINI_SEEDS`.
+
     ``smoke``: the same optimizer settings on Fashion-MNIST subsets for a few epochs, so a
     run takes minutes on a 2-core CPU: 384/256 images, batch 16, 4 epochs (96 steps, enough
     for BatchNorm's running statistics to forget their initial value, see
     :data:`SMOKE_MIN_STEPS`), weight metrics every 8 steps so the coherence curves have
     points; ResNet-50 at 28 x 28 with lr 0.00625 = 0.1 * 16/256.
 
-    Both use Xavier initialization (built into the model factories), seed 0 and
-    ``out = runs/<model>-<norm>-<preset>``. ``overrides`` replace any field.
+    All use Xavier initialization (built into the model factories), seed 0 and
+    ``out = runs/<model>-<norm>-<preset>`` (:func:`run_name`; with a ``seed`` override,
+    the seed's name). ``overrides`` replace any field.
 
     Raises:
         ValueError: unknown model, norm or preset, or a bad override.
@@ -335,8 +380,7 @@ def preset_config(model: str, norm: str, preset: str = "paper", **overrides: Any
         values |= _CIFAR_PAPER | _CIFAR_PER_NORM[norm]
     else:
         values |= _RESNET_PAPER
-    if preset == "smoke":
-        values |= _SMOKE[model]
-    values["out"] = str(Path("runs") / run_name(model, norm, preset))
+    values |= _SCALED.get(preset, {}).get(model, {})
+    values["out"] = str(Path("runs") / run_name(model, norm, preset, overrides.get("seed", 0)))
     values |= overrides
     return TrainConfig(**values)

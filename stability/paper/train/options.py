@@ -56,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", choices=MODELS, help="network (required unless --resume)")
     add("--norm", choices=NORM_KINDS, help="normalization (required unless --resume)")
     add("--preset", choices=PRESETS, default="paper",
-        help="hyper-parameters: the paper's (default) or a few-minute CPU smoke run")  # fmt: skip
+        help="hyper-parameters: the paper's (default), mini (the paper's claims at CPU "
+             "scale, minutes per run) or smoke (a one-minute pipeline check)")  # fmt: skip
     add_data_arguments(p)
     add("--test-subset", type=positive_int, help="keep the first N test samples (default --subset)")
+    add("--width", type=positive_float, help="channel multiplier of the network (paper: 1)")
     add("--epochs", type=positive_int, help="training epochs")
     add("--batch-size", type=positive_int, help="global batch (split over GPUs)")
     add("--lr", type=positive_float, help="initial learning rate")
@@ -88,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--on-warning", choices=WARNING_ACTIONS,
         help="when the live divergence monitor warns: log it (default); also checkpoint, "
              "stop cleanly, or lower the lr 10x; none: no monitor")  # fmt: skip
-    add("--out", type=Path, help="run directory (default runs/<model>-<norm>-<preset>)")
+    add("--out", type=Path,
+        help="run directory (default runs/<model>-<norm>-<preset>[-seed<N>])")  # fmt: skip
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
     mode.add_argument("--force", action="store_true",
@@ -121,7 +124,9 @@ def make_config(
     given = parser.parse_args(argv)  # as typed: --help and usage errors end here
     if (given.out is None or not given.resume) and (given.model is None or given.norm is None):
         raise ValueError("--model and --norm are required (or --resume with --out)")
-    out = given.out or Path("runs") / run_name(given.model, given.norm, given.preset)
+    out = given.out or Path("runs") / run_name(
+        given.model, given.norm, given.preset, given.seed or 0
+    )
     if given.data_dir is not None and not given.data_dir.is_dir():
         raise ValueError(f"--data-dir {given.data_dir} is not a directory")
     check_run_dir(out, resume=given.resume, force=given.force)

@@ -183,8 +183,9 @@ def build_model(config: TrainConfig, info: DatasetInfo) -> tuple[nn.Module, int]
     from stability.paper.models import cifar10_nv, resnet50
 
     if config.model == "cifar10_nv":
-        return cifar10_nv(config.norm, info.in_channels, info.num_classes), info.in_channels
-    return resnet50(config.norm, num_classes=info.num_classes), 3
+        model = cifar10_nv(config.norm, info.in_channels, info.num_classes, width=config.width)
+        return model, info.in_channels
+    return resnet50(config.norm, num_classes=info.num_classes, width=config.width), 3
 
 
 @dataclass
