@@ -157,6 +157,8 @@ def test_figure4_takes_the_first_and_last_layers_in_depth_order(tmp_path):
     for row in norms.itertuples(index=False):
         assert row.value == pytest.approx(output_norm(row.layer_idx, row.step))
         assert row.epoch == pytest.approx(row.step / STEPS_PER_EPOCH)
+        # relative to the geometric mean over epoch 1 (steps 4..7): 1.1 ** (step - 5.5)
+        assert row.relative == pytest.approx(1.1 ** (row.step - 5.5))
     assert list(pd.unique(norms["norm"])) == ["wn", "bn"]  # WN as in the paper, BN beside it
     assert len(norms) == 2 * 2 * EPOCHS * STEPS_PER_EPOCH
     growth = pd.read_csv(out / "figure4_growth.csv")

@@ -33,6 +33,8 @@ from stability.records.runs import RECORDS
 
 #: At most this many points per curve in Figure 4 (longer runs are averaged in bins).
 MAX_POINTS = 2000
+#: Points per curve in Figure 4's panel (a) (geometric means over bins of steps).
+PLOT_POINTS = 200
 #: One marker per normalization in the epoch curves, so coinciding curves stay visible.
 MARKERS = ("o", "s", "^", "D", "v")
 
@@ -167,8 +169,17 @@ def _records(run: RunInfo, metrics: Sequence[str], layers: Sequence[str] | None 
     return frame[frame["call_idx"] == 0]
 
 
+#: Figure 4 measures growth after this many epochs: the first epoch moves every norm by
+#: orders of magnitude away from its value at initialization, a transient, not the drift.
+SETTLE_EPOCHS = 1
+
+
 def figure4_data(run: RunInfo, max_points: int = MAX_POINTS) -> dict[str, pd.DataFrame]:
-    """Output norm and coherence of the first and last recorded layers, against the epoch."""
+    """Output norm and coherence of the first and last recorded layers, against the epoch.
+
+    ``value`` is the recorded value; ``relative`` is it divided by the layer's geometric
+    mean over epoch :data:`SETTLE_EPOCHS` (``[1, 2)``; over the whole run if it is shorter).
+    """
     order = _layer_order(run.path / RECORDS)
     layers = list(order.iloc[[0, -1]]["layer"])
     frame = _records(run, ["output_norm", "coherence"], layers)
@@ -178,15 +189,21 @@ def figure4_data(run: RunInfo, max_points: int = MAX_POINTS) -> dict[str, pd.Dat
         sub = frame[frame["metric"] == metric][["layer", "layer_idx", "step", "value"]]
         sub = _binned(sub.sort_values(["layer_idx", "step"]), max_points)
         sub = sub.assign(epoch=sub["step"] / per_epoch)
-        data[metric] = sub[["layer", "layer_idx", "step", "epoch", "value"]].reset_index(drop=True)
+        window = sub[(sub["epoch"] >= SETTLE_EPOCHS) & (sub["epoch"] < SETTLE_EPOCHS + 1)]
+        window = window if len(window) else sub
+        base = window.groupby("layer")["value"].apply(lambda v: float(np.exp(np.log(v).mean())))
+        sub = sub.assign(relative=sub["value"] / sub["layer"].map(base))
+        columns = ["layer", "layer_idx", "step", "epoch", "value", "relative"]
+        data[metric] = sub[columns].reset_index(drop=True)
     return data
 
 
 def growth_per_epoch(run: RunInfo) -> pd.DataFrame:
-    r"""Every layer's fitted exponential growth of its output norm over the whole run.
+    r"""Every layer's fitted exponential growth of its output norm after the first epoch.
 
     :func:`stability.fitting.time_growth` fits :math:`\log \|o_k(t)\| = a_k + b_k t` by
-    least squares over every recorded step :math:`t` of layer :math:`k`; the factor per
+    least squares over every recorded step :math:`t` of layer :math:`k` after
+    :data:`SETTLE_EPOCHS` epochs (all steps if the run is shorter); the factor per
     epoch is :math:`\exp(b_k S)`, :math:`S` the optimizer steps per epoch (1: flat; 1.1:
     the norm grows 10 % per epoch). Columns ``layer, layer_idx, factor_per_epoch,
     factor_low, factor_high`` (the 95 % interval), ``r2``, ``n_points``.
@@ -195,6 +212,8 @@ def growth_per_epoch(run: RunInfo) -> pd.DataFrame:
 
     frame = _records(run, ["output_norm"])
     per_epoch = _steps_per_epoch(run)
+    settled = frame[frame["step"] >= SETTLE_EPOCHS * per_epoch]
+    frame = settled if len(settled) else frame
     rows = []
     for (idx, layer), sub in frame.groupby(["layer_idx", "layer"], sort=True):
         fit = time_growth(sub, layer, "output_norm").iloc[0]
@@ -211,7 +230,8 @@ def growth_per_epoch(run: RunInfo) -> pd.DataFrame:
 
 
 _FIGURE4_PANELS = {
-    "output_norm": ("(a) norm of the layer output", r"$\|o\|_2$", True),
+    "output_norm": ("(a) norm of the layer output, relative to epoch 1",
+                    r"$\|o(t)\|_2 \,/\, \|o(\mathrm{epoch}\ 1)\|_2$", False),
     "coherence": ("(b) row coherence of the layer weights", r"$\max_{i\ne j}|\cos(w_i, w_j)|$",
                   False),
 }  # fmt: skip
@@ -223,11 +243,16 @@ def draw_figure4(spec, preset, runs, out) -> list[Path]:
     fig, axes = new_figure(1, 3, width=5.0, height=3.9)
     data: dict[str, list[pd.DataFrame]] = {"output_norm": [], "coherence": [], "growth": []}
     for norm, run in runs.items():
-        color = norm_color(norm)
+        color, per_epoch = norm_color(norm), _steps_per_epoch(run)
         for ax, (metric, frame) in zip(axes.flat, figure4_data(run).items(), strict=False):
             for i, (_, sub) in enumerate(frame.groupby("layer_idx", sort=True)):
                 where = "first" if i == 0 else "last"
-                ax.plot(sub["epoch"], sub["value"], ":" if i == 0 else "-", color=color, lw=1.3,
+                x, y = sub["epoch"], sub["value"]
+                if metric == "output_norm":  # the drift after the first epoch's transient
+                    after = sub[sub["epoch"] >= SETTLE_EPOCHS]
+                    after = _binned(after.assign(value=after["relative"]), PLOT_POINTS)
+                    x, y = (after["step"] / per_epoch, after["value"]) if len(after) else (x, y)
+                ax.plot(x, y, ":" if i == 0 else "-", color=color, lw=1.3,
                         label=f"{norm_label(norm)} {where} ({sub['layer'].iloc[0]})")  # fmt: skip
             data[metric].append(frame.assign(norm=norm))
         growth = growth_per_epoch(run)
@@ -242,6 +267,7 @@ def draw_figure4(spec, preset, runs, out) -> list[Path]:
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
+    axes.flat[0].axhline(1.0, color="0.5", lw=0.8)
     growth_ax = axes.flat[2]
     growth_ax.axhline(1.0, color="0.5", lw=0.8)
     growth_ax.set_xlabel("layer (depth order)")
