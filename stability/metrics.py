@@ -25,9 +25,14 @@ nonzero rows leave no pair: both values are 0 by convention, as for a single row
 holding NaN or inf is not a zero row: its cosines, and so both values, are NaN.
 
 Norms accumulate in float32 for half, bfloat16 and float32 tensors (float64 stays
-float64): a float32 sum of squares overflows once ``||o||`` exceeds ~1.8e19, i.e. far past
-the divergence rule's magnitude threshold. Weight norms, which are cheap, accumulate in
-float64 and are finite for every finite weight.
+float64) and are finite for every finite tensor whose norm the dtype can hold (float32:
+below ~3.4e38): where the plain sum of squares overflows
+(``||o||`` above ~1.8e19 in float32), :func:`output_norm` returns
+``m * ||o / m||`` with ``m = max |o|``, whose terms are all at most 1. On a CPU tensor the
+overflow is checked first (reading a CPU value is no device synchronisation), so the
+rescue costs nothing unless needed; on an accelerator it is always computed and selected
+with ``torch.where`` (no host sync: two more reductions and one division per norm).
+Weight norms, which are cheap, accumulate in float64.
 """
 
 from __future__ import annotations
@@ -61,11 +66,36 @@ _OWN_ACCUMULATION = (torch.float32, torch.float64)
 
 
 def output_norm(o: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
-    """``||o||_2`` over all elements (per run along ``run_dim``), accumulated in >= float32."""
+    """``||o||_2`` over all elements (per run along ``run_dim``), accumulated in >= float32;
+    finite whenever ``o`` is finite and its norm fits that dtype (see the module docstring)."""
+    o = o.detach()
+    norm = _plain_norm(o, run_dim)
+    if o.device.type == "cpu" and not _any_inf(norm):
+        return norm  # the hooks' hot path
+    rescued = _rescaled_norm(o, run_dim)
+    return torch.where(torch.isinf(norm) & torch.isfinite(rescued), rescued, norm)
+
+
+def _any_inf(values: torch.Tensor) -> bool:
+    """Whether a CPU tensor holds inf (``.item()`` of a 0-d tensor is the cheap read)."""
+    return math.isinf(values.item()) if values.ndim == 0 else bool(torch.isinf(values).any())
+
+
+def _plain_norm(o: torch.Tensor, run_dim: int | None) -> torch.Tensor:
+    """``sqrt(sum o**2)`` in the accumulation dtype (overflows above ~1.8e19 in float32)."""
     if run_dim is None and o.dtype in _OWN_ACCUMULATION:
-        return torch.linalg.vector_norm(o.detach())  # the hooks' hot path: the same value
+        return torch.linalg.vector_norm(o)
+    return torch.linalg.vector_norm(o, dim=_reduce_dims(o, run_dim), dtype=_accumulation_dtype(o))
+
+
+def _rescaled_norm(o: torch.Tensor, run_dim: int | None) -> torch.Tensor:
+    """``m * ||o / m||`` with ``m = max |o|`` (per run): no term of the sum exceeds 1, so it
+    cannot overflow; 0 for an all-zero ``o``; NaN where ``o`` holds inf or NaN."""
     dims = _reduce_dims(o, run_dim)
-    return torch.linalg.vector_norm(o.detach(), dim=dims, dtype=_accumulation_dtype(o))
+    o = o.to(_accumulation_dtype(o))
+    peak = torch.linalg.vector_norm(o, ord=math.inf, dim=dims, keepdim=dims is not None)
+    scaled = torch.linalg.vector_norm(o / torch.where(peak > 0, peak, 1.0), dim=dims)
+    return scaled * peak.reshape(scaled.shape)
 
 
 def output_rms(o: torch.Tensor, run_dim: int | None = None) -> torch.Tensor:
@@ -183,7 +213,7 @@ def coherence(
     parts = []
     for weight in weights:
         rows = weight_rows(weight, run_dim).to(_accumulation_dtype(weight))
-        rows = rows if run_dim is not None else rows[None]
+        rows = _overflow_safe(rows if run_dim is not None else rows[None])
         runs, n, d = rows.shape
         if groups < 1 or n % groups:
             raise ValueError(f"{n} weight rows cannot form {groups} groups")
@@ -207,6 +237,27 @@ def coherence(
     if run_dim is None:
         return Coherence(*(value[0] for value in found))
     return found
+
+
+#: Rows whose largest entry is below ``2**SAFE_EXPONENT`` (and above its inverse) need no
+#: scaling: a Gram entry is at most ``d * 2**96``, inside float32's ``2**128`` for any
+#: width ``d < 2**32``.
+SAFE_EXPONENT = 48
+
+
+def _overflow_safe(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` (``(runs, n, d)``) times ``2**-e`` per run, ``2**e`` the binary magnitude
+    of its largest entry, so Gram entries cannot overflow (nor squares underflow).
+
+    Scaling by a power of two is exact, so every cosine is bitwise the unscaled one; on
+    a CPU tensor whose entries are already in range (the usual case) nothing is copied."""
+    if rows.numel() == 0:
+        return rows
+    peak = torch.linalg.vector_norm(rows, ord=math.inf, dim=(1, 2), keepdim=True)
+    _, exponent = torch.frexp(peak)
+    if rows.device.type == "cpu" and bool((exponent.abs() <= SAFE_EXPONENT).all()):
+        return rows
+    return torch.ldexp(rows, -exponent)
 
 
 def _gram_max_and_sum(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import shlex
 import shutil
 import sys
@@ -319,6 +320,28 @@ def test_mini_draws_every_seed_and_summarises_their_spread(tmp_path):
     bn = [fixture_value("bn", "test_top1", EPOCHS, s) for s in (0, 1)]
     assert f"| BN | 2 | {np.mean(bn):.1f} ({min(bn):.1f}-{max(bn):.1f}) |" in text
     assert f"{1.1**STEPS_PER_EPOCH:.3f} (fc)" in text  # Figure 4: the last layer's growth
+
+
+def test_a_run_that_diverged_in_its_first_epoch_is_a_result_not_a_missing_run(tmp_path):
+    """No finished epoch, but divergence.json: drawn (labelled diverged), summarised, and
+    never trained again (it would diverge again)."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    make_all_runs(runs, "mini", seeds=T.MINI_SEEDS)
+    path = runs / T.run_name("cifar10_nv", "np", "mini", 1)
+    (path / R.HISTORY).unlink()
+    R.write_json_atomic(path / R.DIVERGENCE, {"step": 7, "epoch": 1, "layer": "conv9"})
+    assert train_missing.runs_to_train(runs, mf.FIGURES, "mini") == []
+    result = mf.run(mf.FiguresConfig(runs=runs, out=out, preset="mini", progress=False))
+    assert not result.skipped
+    summary = pd.read_csv(out / "summary.csv")
+    row = summary[(summary.norm == "np") & (summary.seed == 1)].iloc[0]
+    assert row.diverged and row.diverged_step == 7 and row.epochs == 0
+    assert math.isnan(row.final_test_top1)
+    top1 = fixture_value("np", "test_top1", EPOCHS, 0)
+    assert (
+        f"| NormProp (diverged at step 7) | 2 | {top1:.1f}, 1 without |"
+        in (out / "summary.md").read_text()
+    )
 
 
 def test_mini_trains_each_missing_seed_with_its_own_config(tmp_path):

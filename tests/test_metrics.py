@@ -367,6 +367,59 @@ def test_weight_norm_finite_for_huge_finite_weights():
     assert M.weight_norm(w).dtype == torch.float32
 
 
+@pytest.mark.parametrize("scale", [8e19, 1e30, 1e36])
+def test_output_norm_is_finite_for_huge_finite_activations(scale):
+    """A float32 sum of squares overflows above ||o|| ~1.8e19; output_norm (and rms, gain)
+    stay finite and equal the float64 reference, per run too."""
+    x = torch.randn(16, 3, 8, generator=torch.Generator().manual_seed(0)) * scale
+    assert math.isinf(torch.linalg.vector_norm(x).item())  # the plain float32 norm
+    assert M.output_norm(x).item() == pytest.approx(ref_norm(np64(x)), rel=1e-6)
+    per_run = M.output_norm(x, run_dim=1)
+    for run in range(3):
+        assert per_run[run].item() == pytest.approx(ref_norm(np64(x[:, run])), rel=1e-6)
+    assert M.output_rms(x).item() == pytest.approx(ref_norm(np64(x)) / math.sqrt(x.numel()))
+    assert M.gain(x, x / scale).item() == pytest.approx(scale, rel=1e-6)
+    half = (x / scale * 1e19).to(torch.bfloat16)  # bf16 has float32's range
+    assert M.output_norm(half).item() == pytest.approx(ref_norm(np64(half)), rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+def test_coherence_of_huge_or_tiny_finite_weights_is_the_float64_one(scale):
+    """Entries ~1e20 overflow a float32 Gram matrix (the old result was NaN), ~1e-30
+    underflow it; the rows are scaled by a power of two first (reference: the double loop)."""
+    w = torch.randn(7, 5, generator=torch.Generator().manual_seed(1)) * scale
+    found = M.coherence(w)
+    expected = ref_coherence(np64(w))
+    assert found.max.item() == pytest.approx(expected[0], rel=1e-5)
+    assert found.mean.item() == pytest.approx(expected[1], rel=1e-5)
+
+
+def test_power_of_two_row_scaling_leaves_cosines_bitwise_unchanged():
+    """Rows beyond the safe range are multiplied by an exact power of two (the path always
+    taken off the CPU): the cosines are bitwise those of the unscaled weight."""
+    w = torch.randn(9, 6, generator=torch.Generator().manual_seed(2))
+    huge = torch.ldexp(w, torch.tensor(70))
+    exponent = torch.frexp(w.abs().max()).exponent
+    assert torch.equal(M._overflow_safe(huge[None])[0], torch.ldexp(w, -exponent))
+    for got, unscaled in zip(M.coherence(huge), M.coherence(w), strict=True):
+        assert torch.equal(got, unscaled)
+
+
+def test_rescaled_norm_is_the_sync_free_accelerator_path():
+    """The formula the accelerator path selects with torch.where (no host read): exact for
+    huge values, 0 for zeros, NaN where the tensor holds inf or NaN (the plain norm is then
+    kept: inf for inf, NaN for NaN)."""
+    x = torch.randn(5, 7) * 1e30
+    assert M._rescaled_norm(x, None).item() == pytest.approx(ref_norm(np64(x)), rel=1e-6)
+    assert M._rescaled_norm(x, 0).numpy() == pytest.approx(
+        [ref_norm(np64(row)) for row in x], rel=1e-6
+    )
+    assert M._rescaled_norm(torch.zeros(3, 2), None).item() == 0.0
+    assert math.isnan(M._rescaled_norm(torch.tensor([1.0, math.inf]), None).item())
+    assert math.isinf(M.output_norm(torch.tensor([1.0, math.inf])).item())
+    assert math.isnan(M.output_norm(torch.tensor([1.0, math.nan])).item())
+
+
 def test_weight_rows_rejects_vectors():
     """A 1-d weight (e.g. BatchNorm's) has no rows: ValueError, not a silent result."""
     with pytest.raises(ValueError, match="ndim >= 2"):

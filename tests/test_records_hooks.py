@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -197,6 +198,36 @@ def test_gain_of_zero_input_is_nan_and_not_a_divergence():
     assert len(gains) == 3 and gains.isna().all()
     assert lookup(frame, "2", "gain") > 0  # a nonzero input still has its gain
     assert divergence_onset(frame) is None
+
+
+def test_norms_of_huge_finite_activations_and_gradients_are_recorded_finite():
+    """Activations ~1e20 and gradients ~1e20 (float32 squares overflow): the recorded
+    output_norm, output_rms and grad_norm equal float64 references (the old float32 norm
+    recorded inf, which read as a divergence)."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
+    with torch.no_grad():
+        model[0].weight.mul_(1e20)
+    x = torch.randn(3, 4)
+    outputs, grads = {}, {}
+
+    def keep(module, args, out, name):
+        outputs[name] = out.detach()
+        out.register_hook(lambda grad: grads.__setitem__(name, grad.detach()))
+
+    for name in ("0", "1"):
+        model.get_submodule(name).register_forward_hook(partial(keep, name=name))
+    with Recorder(model) as rec:
+        one_step(model, x, rec, loss_fn=lambda out: out.sum() * 1e20)
+    frame = rec.to_frame()
+    for name in ("0", "1"):
+        assert math.isinf(torch.linalg.vector_norm(outputs[name]).item())  # float32 overflows
+        assert lookup(frame, name, "output_norm") == pytest.approx(ref_norm(outputs[name]))
+        assert lookup(frame, name, "grad_norm") == pytest.approx(ref_norm(grads[name]))
+    assert (
+        frame[frame.metric.isin(["output_norm", "output_rms", "grad_norm"])]
+        .value.map(math.isfinite)
+        .all()
+    )
 
 
 def test_transformer_encoder_records_attention_and_every_selected_layer():

@@ -66,7 +66,7 @@ def _curves(ax, runs: Mapping[str, RunInfo], column: str, ylabel: str, log: bool
             ax.plot(h["epoch"], h[column], marker=marker if main else None, ms=4, mfc="none",
                     color=norm_color(norm), lw=1.5 if main else 0.8, alpha=1.0 if main else 0.6,
                     label=_label(run) if main else None)  # fmt: skip
-            if run.divergence is not None:
+            if run.divergence is not None and len(h):
                 ax.plot(h["epoch"].iloc[-1], h[column].iloc[-1], "x", color=norm_color(norm), ms=9)
             frames.append(
                 pd.DataFrame({"norm": norm, "seed": seed, "epoch": h["epoch"], column: h[column]})

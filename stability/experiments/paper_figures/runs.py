@@ -2,8 +2,9 @@
 
 Runs are found by name, ``<runs>/<model>-<norm>-<preset>[-seed<N>]/`` (what
 ``analyses/train.py`` writes by default); a run counts once it has finished at least one
-epoch. The ``mini`` preset has one run per seed of :data:`~stability.paper.train.MINI_SEEDS`
-(the figures draw every seed, the summary reports their spread); the other presets, seed 0.
+epoch or diverged. The ``mini`` preset has one run per seed of
+:data:`~stability.paper.train.MINI_SEEDS` (the figures draw every seed, the summary reports
+their spread); the other presets, seed 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from stability.paper.train import MINI_SEEDS, run_name
-from stability.records.runs import CONFIG, DIVERGENCE, HISTORY, read_json
+from stability.records.runs import CONFIG, DIVERGENCE, HISTORY, HISTORY_COLUMNS, read_json
 
 #: Paper-scale ResNet-50 runs: 4 GPUs x 64 images, as in the paper (footnote 4).
 GPUS = 4
@@ -80,14 +81,17 @@ def resume_command(path: Path) -> str:
 
 
 def load_run(path: Path, norm: str) -> RunInfo | None:
-    """The run in ``path`` if it has finished at least one epoch, else None."""
+    """The run in ``path`` if it has finished at least one epoch or diverged (a run that
+    diverged in its first epoch has an empty history), else None."""
     history_path = path / HISTORY
-    if not (path / CONFIG).is_file() or not history_path.is_file():
-        return None
-    history = pd.read_csv(history_path)
-    if history.empty:
+    if not (path / CONFIG).is_file():
         return None
     divergence = read_json(path / DIVERGENCE) if (path / DIVERGENCE).is_file() else None
+    history = pd.read_csv(history_path) if history_path.is_file() else pd.DataFrame()
+    if history.empty and divergence is None:
+        return None
+    if history.empty:  # diverged within its first epoch: a result, with no curve to draw
+        history = pd.DataFrame(columns=HISTORY_COLUMNS)
     return RunInfo(norm, path, read_json(path / CONFIG), history, divergence)
 
 

@@ -12,6 +12,7 @@ it gives numbers only for ResNet-50's test accuracy).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -46,29 +47,37 @@ def run_rows(spec: FigureSpec, runs: Mapping[str, RunInfo]) -> pd.DataFrame:
     rows = []
     for norm, first in runs.items():
         for run in first.all_seeds:
-            h = run.history
-            last = h.iloc[-1]
+            h = run.history.astype(float)
+            last = h.iloc[-1] if len(h) else pd.Series(math.nan, index=h.columns)
             rows.append({
                 "figure": spec.name,
                 "model": spec.model,
                 "norm": norm,
                 "seed": int(run.config.get("seed", 0)),
-                "epochs": int(last["epoch"]),
+                "epochs": len(h),
                 "diverged": run.divergence is not None,
-                "train_loss_epoch1": float(h["train_loss"].iloc[0]),
-                "final_train_loss": float(last["train_loss"]),
-                "final_train_top1": float(last["train_top1"]),
-                "final_test_top1": float(last["test_top1"]),
-                "best_test_top1": float(h["test_top1"].max()),
+                "diverged_step": (run.divergence or {}).get("step"),
+                "train_loss_epoch1": h["train_loss"].iloc[0] if len(h) else math.nan,
+                "final_train_loss": last["train_loss"],
+                "final_train_top1": last["train_top1"],
+                "final_test_top1": last["test_top1"],
+                "best_test_top1": h["test_top1"].max(),
             })  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def _spread(values: pd.Series, digits: int = 1) -> str:
-    """``mean (min-max)`` of one quantity over the seeds."""
-    if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ({values.min():.{digits}f}-{values.max():.{digits}f})"
+    """``mean (min-max)`` of one quantity over the seeds that have it (a run that diverged
+    in its first epoch has none: counted apart)."""
+    finite = values.dropna()
+    lost = f"{len(values) - len(finite)} without" if len(finite) < len(values) else ""
+    if finite.empty:
+        return "-"
+    if len(finite) == 1:
+        text = f"{finite.iloc[0]:.{digits}f}"
+    else:
+        text = f"{finite.mean():.{digits}f} ({finite.min():.{digits}f}-{finite.max():.{digits}f})"
+    return f"{text}, {lost}" if lost else text
 
 
 def curves_table(name: str, rows: pd.DataFrame) -> list[str]:
@@ -80,7 +89,8 @@ def curves_table(name: str, rows: pd.DataFrame) -> list[str]:
     ]
     for norm, sub in rows.groupby("norm", sort=False):
         gap = sub["final_train_top1"] - sub["final_test_top1"]
-        diverged = " (diverged)" if sub["diverged"].any() else ""
+        steps = ", ".join(str(int(v)) for v in sub["diverged_step"].dropna())
+        diverged = f" (diverged at step {steps})" if steps else ""
         lines.append(
             f"| {norm_label(norm)}{diverged} | {len(sub)} | {_spread(sub['final_test_top1'])} | "
             f"{_spread(sub['final_train_top1'])} | {_spread(gap)} | "
