@@ -170,3 +170,13 @@ def test_a_tied_weight_read_the_same_way_is_computed_once_per_weight_step():
     frame = rec.to_frame()
     weights = frame[frame.metric.isin(wanted)].pivot(index="metric", columns="layer")
     assert (weights.value["0"] == weights.value["2"]).all()
+
+
+def test_zero_rows_above_the_limit_counts_only_exact_zero_rows():
+    """A row of 1e-30 entries is tiny, not zero (its float32 sum of squares underflows to
+    0, which the count must not read as a zero row); reference: the rows themselves."""
+    w = torch.randn(40, 3)
+    w[5] = 0.0
+    w[7] = 1e-30
+    found = M.bounded_coherence([w], limit=8)
+    assert found.zero_rows.item() == 1
