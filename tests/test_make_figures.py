@@ -359,6 +359,30 @@ def test_mini_trains_each_missing_seed_with_its_own_config(tmp_path):
         mf.FiguresConfig(runs=runs, preset="mini", jobs=0)
 
 
+def test_jobs_train_runs_in_parallel_worker_processes(tmp_path, monkeypatch):
+    """--jobs 2: real training of tiny runs in two spawned worker processes, one thread
+    each; every run is finished on disk and timed."""
+    real = T.preset_config
+
+    def tiny(model, norm, preset, **overrides):
+        small = {"dataset": "synthetic", "subset": (8, 4), "epochs": 1, "batch_size": 4,
+                 "width": 0.125, "record": False, "device": "cpu"}  # fmt: skip
+        return real(model, norm, preset, **(small | overrides))
+
+    monkeypatch.setattr(train_missing, "preset_config", tiny)  # configs are made here
+    runs, two = (
+        tmp_path / "runs",
+        mf.FigureSpec("two", "two runs", "cifar10_nv", ("bn", "wn"), None),
+    )
+    timings = train_missing.train_preset_runs(runs, [two], "smoke", False, jobs=2)
+    assert sorted(timings) == ["cifar10_nv-bn-smoke", "cifar10_nv-wn-smoke"]
+    for name in timings:
+        config = json.loads((runs / name / R.CONFIG).read_text())
+        assert config["threads"] == 1 and config["width"] == 0.125
+        status = json.loads((runs / name / R.STATUS).read_text())
+        assert status["state"] in ("finished", "diverged")
+
+
 @pytest.mark.slow
 def test_smoke_preset_end_to_end_on_tiny_runs(tmp_path, monkeypatch):
     """Real training of every run the figures need, shrunk to one tiny synthetic epoch."""
