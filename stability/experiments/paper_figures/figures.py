@@ -6,9 +6,10 @@
   (c) train loss, (d) test loss against the epoch (paper, Figure 3).
 * ``figure4.png``: ResNet-50 with WN (the paper's Figure 4) next to BN: (a) the norm of
   the output of the first and the last conv/linear layer (smallest and largest
-  ``layer_idx``, i.e. depth order) over training, log scale, (b) the row coherence of the
-  same layers, and (c) every layer's fitted time-growth factor of its output norm per
-  epoch (:func:`growth_per_epoch`). A BN network's recorded conv outputs are taken
+  ``layer_idx``, i.e. depth order) after the first epoch, relative to its mean over epoch
+  1 (the CSV also holds the raw norms), (b) the row coherence of the same layers, and (c)
+  every layer's fitted time-growth factor of its output norm per epoch
+  (:func:`growth_per_epoch`). A BN network's recorded conv outputs are taken
   *before* its BatchNorm; its last layer, ``fc``, reads BN-normalized features.
 
 With several seeds (the ``mini`` preset), every seed is drawn: seed 0 labelled, the others
