@@ -72,6 +72,10 @@ def _curves(ax, runs: Mapping[str, RunInfo], column: str, ylabel: str, log: bool
             frames.append(
                 pd.DataFrame({"norm": norm, "seed": seed, "epoch": h["epoch"], column: h[column]})
             )
+    others = sorted({int(r.config.get("seed", 0)) for f in runs.values() for r in f.seeds})
+    if others:
+        ax.plot([], [], color="0.4", lw=0.8, alpha=0.6,
+                label=f"thin: seed {', '.join(map(str, others))}")  # fmt: skip
     positive = all((r.history[column] > 0).all() for f in runs.values() for r in f.all_seeds)
     if log and positive:
         ax.set_yscale("log")
