@@ -207,7 +207,7 @@ def test_diverged_and_incomplete_runs_are_drawn_and_labelled(tmp_path, capsys):
     assert script.main(["--runs", str(runs), "--out", str(out), "--only", "figure2"]) == 0
     assert "cifar10_nv-none-smoke is incomplete" in capsys.readouterr().out
     found = mf.find_runs(runs, mf.FIGURES[0], ["smoke"])[1]
-    assert drawing._label(found["trelu"]).endswith("(diverged, epoch 3)")
+    assert drawing._label(found["trelu"]).endswith("(diverged at step 11, epoch 3)")
     assert drawing._label(found["none"]).endswith(f"(1/{EPOCHS} epochs)")
 
 
@@ -318,7 +318,7 @@ def test_mini_draws_every_seed_and_summarises_their_spread(tmp_path):
         )
     text = (out / "summary.md").read_text()
     bn = [fixture_value("bn", "test_top1", EPOCHS, s) for s in (0, 1)]
-    assert f"| BN | 2 | {np.mean(bn):.1f} ({min(bn):.1f}-{max(bn):.1f}) |" in text
+    assert f"| BN | 2 | {np.mean(bn):.1f} [{min(bn):.1f}, {max(bn):.1f}] |" in text
     assert f"{1.1**STEPS_PER_EPOCH:.3f} (fc)" in text  # Figure 4: the last layer's growth
 
 

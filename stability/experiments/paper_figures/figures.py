@@ -43,7 +43,8 @@ MARKERS = ("o", "s", "^", "D", "v")
 def _label(run: RunInfo) -> str:
     label = norm_label(run.norm)
     if run.divergence is not None:
-        label += f" (diverged, epoch {run.divergence.get('epoch')})"
+        where = run.divergence
+        label += f" (diverged at step {where.get('step')}, epoch {where.get('epoch')})"
     elif not is_complete(run):
         label += f" ({len(run.history)}/{run.config.get('epochs')} epochs)"
     return label
@@ -94,9 +95,13 @@ _PANEL_TEXT = {
 }
 
 
-def _subtitle(spec: FigureSpec, preset: str, runs: Mapping[str, RunInfo]) -> str:
+def _subtitle(
+    spec: FigureSpec, preset: str, runs: Mapping[str, RunInfo], every_seed: bool = True
+) -> str:
     first = next(iter(runs.values()))
-    seeds = f", {len(first.all_seeds)} seeds" if first.seeds else ""
+    seeds = ""
+    if first.seeds:
+        seeds = f", {len(first.all_seeds)} seeds" if every_seed else ", seed 0"
     return f"{spec.title} ({first.config.get('dataset')}, {preset} preset{seeds})"
 
 
@@ -279,7 +284,7 @@ def draw_figure4(spec, preset, runs, out) -> list[Path]:
     growth_ax.set_ylabel("fitted growth of $\\|o\\|_2$ per epoch")
     growth_ax.set_title("(c) output-norm growth per epoch, by layer", fontsize=10)
     growth_ax.legend(fontsize=8)
-    fig.suptitle(_subtitle(spec, preset, runs))
+    fig.suptitle(_subtitle(spec, preset, runs, every_seed=False))
     frames = {name: pd.concat(parts, ignore_index=True) for name, parts in data.items()}
     return save_figure(fig, out / f"{spec.name}.png", frames)
 

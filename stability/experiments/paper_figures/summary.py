@@ -3,7 +3,7 @@
 :func:`write_summary` writes ``summary.csv`` (one row per run: the final epoch's train and
 test top-1 and loss, the train loss after the first epoch, the best test top-1) and
 ``summary.md`` (per figure and normalization: the mean over seeds and the spread,
-``min-max``; for Figure 4 the fitted output-norm growth per epoch of the first and the
+``[min, max]``; for Figure 4 the fitted output-norm growth per epoch of the first and the
 last layer and its median over all layers, :func:`~.figures.growth_per_epoch`).
 
 The paper's column quotes the paper's own statement for the same quantity (section 4;
@@ -67,7 +67,7 @@ def run_rows(spec: FigureSpec, runs: Mapping[str, RunInfo]) -> pd.DataFrame:
 
 
 def _spread(values: pd.Series, digits: int = 1) -> str:
-    """``mean (min-max)`` of one quantity over the seeds that have it (a run that diverged
+    """``mean [min, max]`` of one quantity over the seeds that have it (a run that diverged
     in its first epoch has none: counted apart)."""
     finite = values.dropna()
     lost = f"{len(values) - len(finite)} without" if len(finite) < len(values) else ""
@@ -76,14 +76,14 @@ def _spread(values: pd.Series, digits: int = 1) -> str:
     if len(finite) == 1:
         text = f"{finite.iloc[0]:.{digits}f}"
     else:
-        text = f"{finite.mean():.{digits}f} ({finite.min():.{digits}f}-{finite.max():.{digits}f})"
+        text = f"{finite.mean():.{digits}f} [{finite.min():.{digits}f}, {finite.max():.{digits}f}]"
     return f"{text}, {lost}" if lost else text
 
 
 def curves_table(name: str, rows: pd.DataFrame) -> list[str]:
-    """Markdown rows of Figures 2 and 3: mean (min-max over seeds) per normalization."""
+    """Markdown rows of Figures 2 and 3: mean [min, max] over seeds per normalization."""
     lines = [
-        "| norm | seeds | test top-1 (%) | train top-1 (%) | train - test | "
+        "| norm | seeds | test top-1 | train top-1 | train - test | "
         "train loss, epoch 1 | final train loss | paper |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -141,7 +141,7 @@ def write_summary(runs: Path, out: Path, figures: Sequence[FigureSpec], preset: 
             rows = run_rows(spec, found)
             tables.append(rows)
             lines = curves_table(spec.name, rows)
-            markdown += ["Final epoch; mean over seeds (min-max).", ""]
+            markdown += ["Final epoch; mean over seeds [min, max]; accuracies in %.", ""]
         markdown += lines + [""]
     written = []
     if tables:
