@@ -44,7 +44,7 @@ def test_help_lists_the_options_without_importing_torch():
     cmd = [sys.executable, "-X", "importtime", str(SCRIPT), "--help"]
     done = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True,
                           timeout=120)  # fmt: skip
-    assert done.returncode == 0 and "--preset {paper,smoke}" in done.stdout
+    assert done.returncode == 0 and "--preset {paper,mini,smoke}" in done.stdout
     assert "--resume" in done.stdout and "--record-include" in done.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
     assert "stability.paper.train.options" in imported  # the log is what it should be
