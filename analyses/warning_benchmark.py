@@ -2,7 +2,7 @@
 """Benchmark of the divergence early warning: recall, false alarms and lead per workload.
 
     python analyses/warning_benchmark.py --preset quick   # CI: about a minute on 2 cores
-    python analyses/warning_benchmark.py                  # the full benchmark
+    python analyses/warning_benchmark.py                  # the full benchmark: ~7 min, 2 cores
     python analyses/warning_benchmark.py --workloads linear-wn,relu-mlp-wn --iters 40
 
 The method and the files written: :mod:`stability.experiments.warning_benchmark`.
@@ -20,6 +20,7 @@ from stability.experiments.cli import (
     comma_list,
     nonnegative_int,
     one_of,
+    positive_float,
     positive_int,
     run_experiment,
 )
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"steps per cifar10-nv run ({default.cifar_iters})",
     )
     add(
+        "--cifar-width",
+        type=positive_float,
+        default=None,
+        help=f"channel multiplier of cifar10-nv ({default.cifar_width})",
+    )
+    add(
         "--lr-points",
         type=positive_int,
         default=None,
@@ -91,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _report(result) -> None:
     print(
         f"thresholds chosen on the tuning seeds: jump {result.jump:g}, "
-        f"loss_ratio {result.loss_ratio:g}"
+        f"loss_ratio {result.loss_ratio:g}, warmup {result.warmup}"
     )
     print(result.table)
     print(f"done in {result.seconds:.0f} s; results in {result.out}/")

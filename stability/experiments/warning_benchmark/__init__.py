@@ -2,13 +2,14 @@
 
 ``run(BenchmarkConfig(...))`` trains every run of :mod:`.workloads` (learning rates dense
 around each divergence edge; tuning seeds and held-out reporting seeds), scans each run
-once with the detector (:mod:`.scoring`), chooses the one ``(jump, loss_ratio)`` pair for
-every workload on the tuning seeds, and reports the held-out seeds at that pair, with the
-ceiling (the best median lead any pair reaches at <= 2% false alarms on the held-out runs).
+once with the detector (:mod:`.scoring`), chooses the one ``(jump, loss_ratio, warmup)``
+triple for every workload on the tuning seeds, and reports the held-out seeds at that
+triple, with the ceiling (the best median lead any triple reaches at <= 2% false alarms on
+the held-out runs, per workload and regime).
 
 Writes into ``config.out`` (new or empty; default ``runs/warning_benchmark/<timestamp>``):
-``config.json``, ``runs.csv`` (every run at the chosen pair), ``grid_tuning.csv`` and
-``grid_reporting.csv`` (every pair scored), ``summary.csv``, ``report.md`` (the Markdown
+``config.json``, ``runs.csv`` (every run at the chosen triple), ``grid_tuning.csv`` and
+``grid_reporting.csv`` (every triple scored), ``summary.csv``, ``report.md`` (the Markdown
 table, the chosen pair and the goals) and ``warning_benchmark.png``.
 """
 
@@ -44,6 +45,7 @@ class BenchmarkResult:
     out: Path
     jump: float
     loss_ratio: float
+    warmup: int
     summary: object  # pandas.DataFrame: the held-out table
     table: str  # the Markdown table
     seconds: float
@@ -72,8 +74,8 @@ def run(config: BenchmarkConfig, progress=None) -> BenchmarkResult:
     held_out = [s for s in signals if s["split"] == "reporting"]
     grid_tuning = scoring.grid_scores(tuning)
     grid_reporting = scoring.grid_scores(held_out)
-    jump, loss_ratio = scoring.tune(grid_tuning)
-    chosen = scoring.outcomes(signals, jump, loss_ratio)
+    jump, loss_ratio, warmup = scoring.tune(grid_tuning)
+    chosen = scoring.outcomes(signals, jump, loss_ratio, warmup)
     summary = scoring.score(chosen[chosen["split"] == "reporting"])
     summary = summary.merge(scoring.ceiling(grid_reporting), on=["workload", "regime"], how="left")
     table = report.markdown_table(summary)
@@ -87,11 +89,11 @@ def run(config: BenchmarkConfig, progress=None) -> BenchmarkResult:
     text = (
         f"# Early-warning benchmark ({config.preset})\n\n"
         f"Chosen on the tuning seeds {list(config.tuning_seeds)}: jump = {jump:g}, "
-        f"loss_ratio = {loss_ratio:g} (0: no loss condition). Held-out seeds "
+        f"loss_ratio = {loss_ratio:g} (0: no loss condition), warmup = {warmup}. Held-out seeds "
         f"{list(config.reporting_seeds)}:\n\n{table}\n\nGoals (recall >= 95%, false alarms "
         f"<= 2%, median lead >= ceiling - 1):\n\n{goals.to_string(index=False)}\n\n"
         f"Wall time {seconds:.0f} s.\n"
     )
     (out / "report.md").write_text(text)
     pd.DataFrame(goals).to_csv(out / "goals.csv", index=False)
-    return BenchmarkResult(out, jump, loss_ratio, summary, table, seconds)
+    return BenchmarkResult(out, jump, loss_ratio, warmup, summary, table, seconds)

@@ -12,6 +12,7 @@ COLUMNS = (
     "regime",
     "runs",
     "diverged",
+    "undecided",
     "recall",
     "false_alarms",
     "median_lead",

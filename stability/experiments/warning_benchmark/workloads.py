@@ -7,7 +7,8 @@ r"""The benchmark's training runs: each one a record table with the loss, one pe
 * ``relu-mlp-wn``: the same stacked layers with a ReLU between them (:class:`StackedReluMLP`),
   ``mlp_depth`` weight-normalized layers.
 * ``cifar10-nv-wn``: :func:`stability.paper.models.cifar10_nv` with WN on Fashion-MNIST
-  images, full width, at a small batch (``cifar_batch``), one run at a time.
+  images, narrowed to ``cifar_width`` (0.25: 32 / 64 / 80 channels), at a small batch
+  (``cifar_batch``), one run at a time.
 
 Every run is SGD with momentum 0.9 on cross-entropy, seeded by ``seed`` (initialization
 and batches); the Recorder records ``output_rms`` and the loss every step and the row
@@ -108,7 +109,9 @@ def _cifar_runs(x: Tensor, y: Tensor, config: BenchmarkConfig) -> Iterator[Bench
     for lr in config.lrs("cifar10-nv-wn"):
         for seed in config.tuning_seeds + config.reporting_seeds:
             torch.manual_seed(seed)
-            model = cifar10_nv("wn", in_channels=1, num_classes=int(y.max()) + 1)
+            model = cifar10_nv(
+                "wn", in_channels=1, num_classes=int(y.max()) + 1, width=config.cifar_width
+            )
             optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
             order = batch_indices(len(x), config.cifar_batch, seed, config.cifar_iters)
             with Recorder(
