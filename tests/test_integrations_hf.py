@@ -56,6 +56,7 @@ def samples(n: int = SAMPLES) -> list[dict[str, torch.Tensor]]:
 
 
 def trainer_for(model, callbacks, tmp_path, **options) -> transformers.Trainer:
+    logging = {"logging_strategy": options.pop("logging_strategy", "no")}
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=BATCH,
@@ -68,7 +69,7 @@ def trainer_for(model, callbacks, tmp_path, **options) -> transformers.Trainer:
         eval_strategy="steps",
         eval_steps=1,
         save_strategy="no",
-        logging_strategy="no",
+        **logging,
         report_to="none",
         use_cpu=True,
         train_sampling_strategy="sequential",
@@ -95,12 +96,15 @@ def plain_loop(model) -> pd.DataFrame:
     with Recorder(model) as rec:
         for _ in range(EPOCHS):
             for window in windows:
+                losses = []
                 for batch in window:
                     ids = torch.stack([s["input_ids"] for s in batch])
-                    model(input_ids=ids, labels=ids).loss.backward()
+                    loss = model(input_ids=ids, labels=ids).loss
+                    loss.backward()
+                    losses.append(loss.detach())
                 opt.step()
                 opt.zero_grad()
-                rec.step()
+                rec.step(loss=torch.stack(losses).mean())
     return rec.to_frame()
 
 
@@ -127,6 +131,20 @@ def test_train_with_accumulation_and_evaluation_records_like_a_plain_loop(tmp_pa
     pd.testing.assert_frame_equal(pd.read_parquet(callback.saved_path), table)
     trainer.predict(samples(2))  # after training: the closed Recorder records nothing
     pd.testing.assert_frame_equal(callback.recorder.to_frame(), table)
+
+
+def test_each_step_records_the_loss_the_trainer_logs(tmp_path):
+    """The loss rows (one per optimizer step, read from the model's outputs) equal the
+    Trainer's own logged training loss of that step (logging every step; HF rounds it)."""
+    callback = RecorderCallback()
+    trainer = trainer_for(tiny_gpt2(), [callback], tmp_path, logging_strategy="steps",
+                          logging_steps=1)  # fmt: skip
+    trainer.train()
+    table = callback.recorder.to_frame()
+    recorded = table[table["metric"] == "loss"].set_index("step")["value"]
+    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert list(recorded.index) == list(range(6)) and len(logged) == 6
+    assert recorded.to_numpy() == pytest.approx(logged, abs=1e-3)
 
 
 class _CallWarning(transformers.TrainerCallback):

@@ -17,6 +17,14 @@ micro-batches of gradient accumulation being calls 0, 1, ... of that step. At tr
 the table is saved as ``args.output_dir/normstab_records.parquet`` (refused at train
 begin if the file exists).
 
+The loss of each step is the window's loss as the Trainer sums it, from the losses the
+model returned (``outputs.loss``) for the step's training micro-batches: their sum when
+the Trainer passed ``num_items_in_batch`` (each is then the micro-batch's share of the
+window's mean), else their mean. It is read by a forward hook on the model and kept on
+the device (no sync): it joins the table as metric ``loss`` and feeds the monitor's loss
+ratio. A loss computed outside the model (a custom ``compute_loss``, label smoothing in
+the Trainer) is not seen; a model that returns no loss gives a table without it.
+
 A live monitor (``monitor=factory``, called ``factory(recorder, on_warning=...)``) raises
 its warnings through the Trainer: a log line, an entry ``{"normstab_warning": message,
 "step": N}`` in ``state.log_history`` (saved with every checkpoint), ``control.should_save``
@@ -25,7 +33,10 @@ its warnings through the Trainer: a log line, an entry ``{"normstab_warning": me
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+import torch
 
 from stability.integrations import missing_extra
 
@@ -70,19 +81,48 @@ class RecorderCallback(SessionCallback, TrainerCallback):
     ) -> None:
         if model is None:
             raise RuntimeError("RecorderCallback: the Trainer passed no model to on_train_begin")
+        self._remove_loss_hook()
         self.session.start(
             model, args.output_dir, rank=args.process_index, world_size=args.world_size
         )
+        self._losses: list[tuple[torch.Tensor, bool]] | None = None  # None: outside a window
+        self._loss_hook = model.register_forward_hook(self._keep_loss, with_kwargs=True)
+
+    def _keep_loss(self, module: Any, args: Any, kwargs: dict, output: Any) -> None:
+        """Forward hook on the model: keep the loss of a training micro-batch."""
+        if self._losses is None or not (module.training and torch.is_grad_enabled()):
+            return
+        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            share = kwargs.get("num_items_in_batch") is not None
+            self._losses.append((loss.detach().float().reshape(()), share))
+
+    def _step_loss(self) -> torch.Tensor | None:
+        """The window's loss (on the device): the sum of its micro-batch losses when each is
+        a share of the window's mean, else their mean; None without any."""
+        losses, self._losses = getattr(self, "_losses", None), None
+        if not losses:
+            return None
+        values = torch.stack([loss.to(losses[0][0].device) for loss, _ in losses])
+        return values.sum() if all(share for _, share in losses) else values.mean()
+
+    def _remove_loss_hook(self) -> None:
+        hook = getattr(self, "_loss_hook", None)
+        if hook is not None:
+            hook.remove()
+            self._loss_hook = None
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if getattr(self, "_losses", None) is None:
+            self._losses = []
         self.session.enter_training(state.global_step)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
-        for alert in self.session.leave_training(state.global_step):
+        for alert in self.session.leave_training(state.global_step, self._step_loss()):
             log.warning("normstab warning at step %d: %s", alert.step, alert.message)
             state.log_history.append({"normstab_warning": alert.message, "step": state.global_step})
             if self.checkpoint_on_warning:
@@ -94,4 +134,6 @@ class RecorderCallback(SessionCallback, TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        self._remove_loss_hook()
+        self._losses = None
         self.session.finish()
