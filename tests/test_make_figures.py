@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 
 from stability.experiments import paper_figures as mf
+from stability.experiments.paper_figures import figure4, train_missing
 from stability.experiments.paper_figures import figures as drawing
-from stability.experiments.paper_figures import train_missing
 from stability.paper import train as T
 from stability.paper.train.options import parse as parse_train_args
 from stability.records import runs as R
@@ -111,7 +111,7 @@ def make_all_runs(
 EXPECTED_FILES = {
     "figure2": ["train_loss", "test_top1"],
     "figure3": ["train_top1", "test_top1", "train_loss", "test_loss"],
-    "figure4": ["output_norm", "coherence", "growth"],
+    "figure4": ["output_norm", "coherence", "growth", "layers"],
 }
 
 
@@ -167,6 +167,10 @@ def test_figure4_takes_the_first_and_last_layers_in_depth_order(tmp_path):
     # the fixture's output norm grows by exactly 1.1 per step: 1.1**4 per epoch
     assert growth["factor_per_epoch"].to_numpy() == pytest.approx(1.1**STEPS_PER_EPOCH)
     assert growth["r2"].to_numpy() == pytest.approx(1.0)
+    layers = pd.read_csv(out / "figure4_layers.csv")  # every layer, every epoch, per norm
+    assert len(layers) == 2 * len(LAYERS) * EPOCHS
+    for row in layers.itertuples(index=False):  # epoch e: geometric mean of 1.1**(4e..4e+3)
+        assert row.relative == pytest.approx(1.1 ** (STEPS_PER_EPOCH * (row.epoch - 1)))
     coh = pd.read_csv(out / "figure4_coherence.csv")
     assert set(coh["step"]) == set(range(0, EPOCHS * STEPS_PER_EPOCH, 2))
     for row in coh.itertuples(index=False):
@@ -177,7 +181,7 @@ def test_long_runs_are_binned_by_geometric_mean():
     steps = np.arange(10_000)
     values = np.exp(np.sin(steps / 500.0)) + 1.0
     frame = pd.DataFrame({"layer": "a", "layer_idx": 0, "step": steps, "value": values})
-    binned = drawing._binned(frame, 100)
+    binned = figure4._binned(frame, 100)
     assert len(binned) == 100
     edges = np.linspace(0, 10_000, 101)
     inside = (steps >= edges[7]) & (steps < edges[8])
@@ -185,7 +189,7 @@ def test_long_runs_are_binned_by_geometric_mean():
     assert binned["value"].iloc[7] == pytest.approx(reference)
     assert binned["step"].iloc[7] == pytest.approx(steps[inside].mean())
     short = frame.iloc[:50]
-    assert drawing._binned(short, 100) is short  # short runs are drawn as recorded
+    assert figure4._binned(short, 100) is short  # short runs are drawn as recorded
 
 
 def test_paper_runs_are_preferred_and_each_figure_falls_back_alone(tmp_path):

@@ -16,8 +16,8 @@ exact ``analyses/train.py`` command that makes it. A ``runs`` folder that is mis
 holds none of the runs raises :class:`NoRunsError` before anything is written.
 
 Modules: :mod:`.runs` (finding runs, the commands for missing ones), :mod:`.figures`
-(drawing), :mod:`.train_missing` (``--preset smoke`` / ``mini``), :mod:`.summary` (the
-table of final numbers, every seed).
+(Figures 2, 3 and the registry of all three), :mod:`.figure4`, :mod:`.train_missing`
+(``--preset smoke`` / ``mini``), :mod:`.summary` (the table of final numbers, every seed).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stability.experiments.paper_figures.figures import FIGURES, MAX_POINTS, figure4_data
+from stability.experiments.paper_figures.figure4 import MAX_POINTS, figure4_data
+from stability.experiments.paper_figures.figures import FIGURES
 from stability.experiments.paper_figures.runs import (
     GPUS,
     FigureSpec,

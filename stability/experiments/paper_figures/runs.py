@@ -100,6 +100,26 @@ def is_complete(run: RunInfo) -> bool:
     return run.divergence is not None or len(run.history) >= int(run.config.get("epochs", 0))
 
 
+def steps_per_epoch(run: RunInfo) -> float:
+    """Optimizer steps per epoch of a run (its config's meta, else its history)."""
+    meta = run.config.get("meta", {})
+    if meta.get("steps_per_epoch"):
+        return float(meta["steps_per_epoch"])
+    h = run.history
+    return float(h["step"].iloc[0] / h["epoch"].iloc[0])
+
+
+def subtitle(
+    spec: FigureSpec, preset: str, runs: Mapping[str, RunInfo], every_seed: bool = True
+) -> str:
+    """The figure's title line: its title, data set, preset and seeds drawn."""
+    first = next(iter(runs.values()))
+    seeds = ""
+    if first.seeds:
+        seeds = f", {len(first.all_seeds)} seeds" if every_seed else ", seed 0"
+    return f"{spec.title} ({first.config.get('dataset')}, {preset} preset{seeds})"
+
+
 def find_runs(
     runs: Path, spec: FigureSpec, presets: Sequence[str]
 ) -> tuple[str, dict[str, RunInfo] | list[tuple[str, int, Path]]]:

@@ -4,7 +4,7 @@
 test top-1 and loss, the train loss after the first epoch, the best test top-1) and
 ``summary.md`` (per figure and normalization: the mean over seeds and the spread,
 ``[min, max]``; for Figure 4 the fitted output-norm growth per epoch of the first and the
-last layer and its median over all layers, :func:`~.figures.growth_per_epoch`).
+last layer and its median over all layers, :func:`~.figure4.growth_per_epoch`).
 
 The paper's column quotes the paper's own statement for the same quantity (section 4;
 it gives numbers only for ResNet-50's test accuracy).
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stability.experiments.paper_figures.figures import growth_per_epoch
+from stability.experiments.paper_figures.figure4 import growth_per_epoch
 from stability.experiments.paper_figures.runs import FigureSpec, RunInfo, find_runs
 from stability.experiments.plotting import norm_label
 
