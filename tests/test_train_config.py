@@ -157,6 +157,7 @@ def test_preset_config_names_a_bad_choice(args, message):
         {"image_size": 32},  # cifar10_nv needs 28x28
         {"width": 0.0},
         {"width": float("inf")},
+        {"width": "wide"},
     ],
 )
 def test_config_rejects_bad_values(bad):

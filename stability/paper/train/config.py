@@ -166,7 +166,8 @@ class TrainConfig:
             raise ValueError(f"final_lr must be in [0, lr={self.lr}], got {self.final_lr!r}")
         if not (math.isfinite(self.power) and self.power > 0):
             raise ValueError(f"power must be a positive number, got {self.power!r}")
-        if isinstance(self.width, bool) or not (math.isfinite(self.width) and self.width > 0):
+        number = isinstance(self.width, int | float) and not isinstance(self.width, bool)
+        if not (number and math.isfinite(self.width) and self.width > 0):
             raise ValueError(f"width must be a positive number, got {self.width!r}")
         if not (math.isfinite(self.wd) and self.wd >= 0):
             raise ValueError(f"wd must be >= 0, got {self.wd!r}")
