@@ -46,10 +46,14 @@ def test_paper_presets_match_the_paper():
 
 def test_smoke_presets_use_fashion_mnist_and_keep_the_optimizer():
     c = C.preset_config("cifar10_nv", "np", "smoke")
-    assert c.dataset == "fashion-mnist" and c.subset is not None and c.epochs <= 4
-    assert (c.schedule, c.final_lr, c.wd, c.lr) == ("poly", 1e-5, 1e-3, 0.01)
+    assert (c.dataset, c.subset, c.width, c.epochs, c.batch_size) == (
+        "fashion-mnist", (2048, 512), 0.25, 3, 16)  # fmt: skip
+    assert (c.schedule, c.final_lr, c.wd, c.lr) == ("poly", 1e-5, 1e-3, 0.001)
+    for norm in ("none", "bn", "wn", "trelu"):  # only NormProp has a smoke learning rate
+        assert C.preset_config("cifar10_nv", norm, "smoke").lr == 0.01
     r = C.preset_config("resnet50", "wn", "smoke")
-    assert r.image_size <= 28 and r.subset[0] <= 1024
+    assert (r.image_size, r.subset, r.width, r.epochs, r.batch_size) == (
+        28, (1024, 512), 0.25, 3, 16)  # fmt: skip
     assert r.lr == pytest.approx(0.1 * r.batch_size / 256)
     assert C.preset_config("resnet50", "wn", "smoke", epochs=1).epochs == 1
     assert C.run_name("resnet50", "wn", "smoke") == "resnet50-wn-smoke"
@@ -194,3 +198,23 @@ def test_threads_is_a_runtime_field_and_must_be_positive():
     assert C.TrainConfig(threads=2).threads == 2
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         C.TrainConfig(threads=0)
+
+
+def _readme_smoke_paragraph() -> str:
+    """The README paragraph that begins "`--preset smoke` is", joined into one line."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("`--preset smoke` is")
+    return " ".join(text[start : text.index("\n\n", start)].split())
+
+
+def test_the_readme_states_the_smoke_preset_as_it_is():
+    """The README's smoke paragraph names each model's width, images, batch, epochs and
+    steps, and NormProp's learning rate, as the preset sets them."""
+    text = _readme_smoke_paragraph()
+    for model, name in (("cifar10_nv", "cifar10-nv"), ("resnet50", "ResNet-50")):
+        c = C.preset_config(model, "bn", "smoke")
+        steps = c.subset[0] // c.batch_size * c.epochs
+        stated = (f"{name} at width {c.width} on {c.subset[0]}/{c.subset[1]} Fashion-MNIST "
+                  f"images, batch {c.batch_size}, {c.epochs} epochs ({steps} steps)")  # fmt: skip
+        assert stated in text, stated
+    assert f"NormProp at lr {C.preset_config('cifar10_nv', 'np', 'smoke').lr}" in text
