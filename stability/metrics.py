@@ -213,11 +213,11 @@ def coherence(
     parts = []
     for weight in weights:
         rows = weight_rows(weight, run_dim).to(_accumulation_dtype(weight))
-        rows = _overflow_safe(rows if run_dim is not None else rows[None])
+        rows = rows if run_dim is not None else rows[None]
         runs, n, d = rows.shape
         if groups < 1 or n % groups:
             raise ValueError(f"{n} weight rows cannot form {groups} groups")
-        norms = torch.linalg.vector_norm(rows, dim=2)
+        rows, norms = _overflow_safe(rows, torch.linalg.vector_norm(rows, dim=2))
         zero = norms == 0
         safe = torch.where(zero, torch.inf, norms)  # a zero row's cosines become 0 / inf = 0
         blocks = rows.reshape(runs * groups, n // groups, d)
@@ -239,25 +239,33 @@ def coherence(
     return found
 
 
-#: Rows whose largest entry is below ``2**SAFE_EXPONENT`` (and above its inverse) need no
-#: scaling: a Gram entry is at most ``d * 2**96``, inside float32's ``2**128`` for any
-#: width ``d < 2**32``.
-SAFE_EXPONENT = 48
+#: Row norms in ``[2**-SAFE_EXPONENT, 2**SAFE_EXPONENT]`` need no scaling: a Gram entry
+#: is at most ``||w_i|| ||w_j|| <= 2**120``, inside float32's ``2**128``.
+SAFE_EXPONENT = 60
 
 
-def _overflow_safe(rows: torch.Tensor) -> torch.Tensor:
-    """``rows`` (``(runs, n, d)``) times ``2**-e`` per run, ``2**e`` the binary magnitude
-    of its largest entry, so Gram entries cannot overflow (nor squares underflow).
+def _overflow_safe(rows: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, norms)`` (``(runs, n, d)``, ``(runs, n)``), the rows times ``2**-e`` per run
+    when their norms leave the safe range, ``2**e`` the binary magnitude of the run's
+    largest entry, so Gram entries cannot overflow (nor squares underflow).
 
-    Scaling by a power of two is exact, so every cosine is bitwise the unscaled one; on
-    a CPU tensor whose entries are already in range (the usual case) nothing is copied."""
+    Scaling by a power of two is exact, so every cosine is bitwise the unscaled one. On a
+    CPU tensor the decision reads the row norms coherence needs anyway (no extra pass over
+    the weight in the usual case); off the CPU the rows are always scaled (no host sync)."""
     if rows.numel() == 0:
-        return rows
+        return rows, norms
+    if rows.device.type == "cpu":
+        largest = float(norms.max())
+        if 2.0**-SAFE_EXPONENT <= largest <= 2.0**SAFE_EXPONENT:
+            return rows, norms
+        if largest == 0.0 and not bool(rows.any()):  # truly zero, not underflowed squares
+            return rows, norms
+        if math.isnan(largest):
+            return rows, norms  # a NaN entry: its cosines are NaN whatever the scale
     peak = torch.linalg.vector_norm(rows, ord=math.inf, dim=(1, 2), keepdim=True)
     _, exponent = torch.frexp(peak)
-    if rows.device.type == "cpu" and bool((exponent.abs() <= SAFE_EXPONENT).all()):
-        return rows
-    return torch.ldexp(rows, -exponent)
+    rows = torch.ldexp(rows, -exponent)
+    return rows, torch.linalg.vector_norm(rows, dim=2)
 
 
 def _gram_max_and_sum(
