@@ -74,8 +74,8 @@ def train_preset_runs(
 
     def report(config: TrainConfig, outcome: tuple[str, float, int]) -> None:
         status, seconds, epochs = outcome
-        timings[Path(config.out).name] = seconds
         name = Path(config.out).name
+        timings[name] = seconds
         print(f"  {name}: {status} after {epochs} epochs in {seconds:.0f} s", flush=True)
 
     for config, resume in todo:
