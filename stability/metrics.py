@@ -32,7 +32,9 @@ below ~3.4e38): where the plain sum of squares overflows
 overflow is checked first (reading a CPU value is no device synchronisation), so the
 rescue costs nothing unless needed; on an accelerator it is always computed and selected
 with ``torch.where`` (no host sync: two more reductions and one division per norm).
-Weight norms, which are cheap, accumulate in float64.
+Weight norms, which are cheap, accumulate in float64. Coherence multiplies a weight's rows
+by an exact power of two when their norms leave ``2**-60 .. 2**60`` (the cosines are
+bitwise unchanged), so a finite weight never overflows its Gram matrix.
 """
 
 from __future__ import annotations
