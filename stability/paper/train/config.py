@@ -297,26 +297,29 @@ _RESNET_PAPER = {
 # ResNet-50 (bottleneck width 16): 1024 images, 3 epochs, 192 steps, its learning rate the
 # paper's scaled linearly with the batch (0.1 * 16 / 256).
 SMOKE_MIN_STEPS = 96
-_SMOKE = {
-    "cifar10_nv": {
-        "dataset": "fashion-mnist",
-        "subset": (2048, 512),
-        "width": 0.25,
-        "epochs": 3,
-        "batch_size": 16,
-        "weight_every": 8,
-    },
-    "resnet50": {
-        "dataset": "fashion-mnist",
-        "image_size": 28,
-        "subset": (1024, 512),
-        "width": 0.25,
-        "epochs": 3,
-        "batch_size": 16,
-        "lr": 0.1 * 16 / 256,
-        "weight_every": 8,
-    },
-}
+
+
+def _cpu_scale(
+    subsets: dict[str, tuple[int, int]], epochs: dict[str, int], batch: int, weight_every: int
+) -> dict[str, dict[str, Any]]:
+    """A CPU-scale preset: Fashion-MNIST ``subsets`` and ``epochs`` per model, width 0.25,
+    ``batch``, weight metrics every ``weight_every`` steps; ResNet-50 at 28 x 28 with the
+    paper's learning rate scaled linearly with the batch (``0.1 * batch / 256``)."""
+    common = {"dataset": "fashion-mnist", "width": 0.25, "batch_size": batch,
+              "weight_every": weight_every}  # fmt: skip
+    return {
+        "cifar10_nv": common | {"subset": subsets["cifar10_nv"], "epochs": epochs["cifar10_nv"]},
+        "resnet50": common | {"subset": subsets["resnet50"], "epochs": epochs["resnet50"],
+                              "image_size": 28, "lr": _RESNET_PAPER["lr"] * batch / 256},
+    }  # fmt: skip
+
+
+_SMOKE = _cpu_scale(
+    subsets={"cifar10_nv": (2048, 512), "resnet50": (1024, 512)},
+    epochs={"cifar10_nv": 3, "resnet50": 3},
+    batch=16,
+    weight_every=8,
+)
 # Smoke learning rates per norm (cifar10-nv): NormProp at the paper's 0.01 diverged at step
 # 6 of the smoke run (non-finite conv4 output) and at 0.003 its loss stuck at ln 10 from the
 # first epoch; at 0.001 it trains (train loss 1.52 -> 0.73 in 3 epochs, measured 2026-12-03).
@@ -332,26 +335,12 @@ _SMOKE_CIFAR_LR: dict[str, float] = {"np": 1e-3}
 # linearly with the batch (0.1 * 128 / 256). Its training set is smaller (5120 images,
 # 20 epochs) so that the train / test gap of Figure 3 has room to appear.
 MINI_SEEDS: tuple[int, ...] = (0, 1)
-_MINI = {
-    "cifar10_nv": {
-        "dataset": "fashion-mnist",
-        "subset": (10240, 2000),
-        "width": 0.25,
-        "epochs": 10,
-        "batch_size": 128,
-        "weight_every": 20,
-    },
-    "resnet50": {
-        "dataset": "fashion-mnist",
-        "image_size": 28,
-        "subset": (5120, 2000),
-        "width": 0.25,
-        "epochs": 20,
-        "batch_size": 128,
-        "lr": 0.1 * 128 / 256,
-        "weight_every": 20,
-    },
-}
+_MINI = _cpu_scale(
+    subsets={"cifar10_nv": (10240, 2000), "resnet50": (5120, 2000)},
+    epochs={"cifar10_nv": 10, "resnet50": 20},
+    batch=128,
+    weight_every=20,
+)
 _SCALED = {"smoke": _SMOKE, "mini": _MINI}
 
 
