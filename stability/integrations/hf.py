@@ -70,6 +70,11 @@ class RecorderCallback(SessionCallback, TrainerCallback):
         alerts: the monitor's warnings of the last training.
     """
 
+    #: The training window's micro-batch ``(loss, is a share of the window's mean)``; None
+    #: outside a window. The forward hook on the model that fills it, while training.
+    _losses: list[tuple[torch.Tensor, bool]] | None = None
+    _loss_hook: Any = None
+
     # ------------------------------------------------------------------ events
     def on_train_begin(
         self,
@@ -85,7 +90,7 @@ class RecorderCallback(SessionCallback, TrainerCallback):
         self.session.start(
             model, args.output_dir, rank=args.process_index, world_size=args.world_size
         )
-        self._losses: list[tuple[torch.Tensor, bool]] | None = None  # None: outside a window
+        self._losses = None
         self._loss_hook = model.register_forward_hook(self._keep_loss, with_kwargs=True)
 
     def _keep_loss(self, module: Any, args: Any, kwargs: dict, output: Any) -> None:
@@ -100,22 +105,21 @@ class RecorderCallback(SessionCallback, TrainerCallback):
     def _step_loss(self) -> torch.Tensor | None:
         """The window's loss (on the device): the sum of its micro-batch losses when each is
         a share of the window's mean, else their mean; None without any."""
-        losses, self._losses = getattr(self, "_losses", None), None
+        losses, self._losses = self._losses, None
         if not losses:
             return None
         values = torch.stack([loss.to(losses[0][0].device) for loss, _ in losses])
         return values.sum() if all(share for _, share in losses) else values.mean()
 
     def _remove_loss_hook(self) -> None:
-        hook = getattr(self, "_loss_hook", None)
-        if hook is not None:
-            hook.remove()
+        if self._loss_hook is not None:
+            self._loss_hook.remove()
             self._loss_hook = None
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if getattr(self, "_losses", None) is None:
+        if self._losses is None:
             self._losses = []
         self.session.enter_training(state.global_step)
 
