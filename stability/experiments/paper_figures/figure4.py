@@ -105,7 +105,7 @@ def figure4_data(run: RunInfo, max_points: int = MAX_POINTS) -> dict[str, pd.Dat
     return data
 
 
-def growth_per_epoch(run: RunInfo) -> pd.DataFrame:
+def growth_per_epoch(run: RunInfo, norms: pd.DataFrame | None = None) -> pd.DataFrame:
     r"""Every layer's fitted exponential growth of its output norm after the first epoch.
 
     :func:`stability.fitting.time_growth` fits :math:`\log \|o_k(t)\| = a_k + b_k t` by
@@ -113,11 +113,12 @@ def growth_per_epoch(run: RunInfo) -> pd.DataFrame:
     :data:`SETTLE_EPOCHS` epochs (all steps if the run is shorter); the factor per
     epoch is :math:`\exp(b_k S)`, :math:`S` the optimizer steps per epoch (1: flat; 1.1:
     the norm grows 10 % per epoch). Columns ``layer, layer_idx, factor_per_epoch,
-    factor_low, factor_high`` (the 95 % interval), ``r2``, ``n_points``.
+    factor_low, factor_high`` (the 95 % interval), ``r2``, ``n_points``. ``norms``: the
+    run's ``output_norm`` records if already read (:func:`_records`).
     """
     from stability.fitting import time_growth
 
-    frame = _records(run, ["output_norm"])
+    frame = _records(run, ["output_norm"]) if norms is None else norms
     per_epoch = steps_per_epoch(run)
     settled = frame[frame["step"] >= SETTLE_EPOCHS * per_epoch]
     frame = settled if len(settled) else frame
@@ -136,15 +137,16 @@ def growth_per_epoch(run: RunInfo) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def layer_norms_by_epoch(run: RunInfo) -> pd.DataFrame:
+def layer_norms_by_epoch(run: RunInfo, norms: pd.DataFrame | None = None) -> pd.DataFrame:
     r"""Every layer's output norm per epoch relative to epoch :data:`SETTLE_EPOCHS`.
 
     ``relative(k, e)`` is the geometric mean of :math:`\|o_k(t)\|` over the steps of
     epoch ``e`` (``[e S, (e + 1) S)``, ``S`` steps per epoch) divided by the same over epoch
     1 (epoch 0 for a one-epoch run). Columns ``layer, layer_idx, epoch, norm_mean,
-    relative``; non-finite and non-positive norms are left out.
+    relative``; non-finite and non-positive norms are left out. ``norms`` as in
+    :func:`growth_per_epoch`.
     """
-    frame = _records(run, ["output_norm"])
+    frame = _records(run, ["output_norm"]) if norms is None else norms
     frame = frame[np.isfinite(frame["value"]) & (frame["value"] > 0)]
     per_epoch = steps_per_epoch(run)
     frame = frame.assign(epoch=(frame["step"] // per_epoch).astype(int))
@@ -208,11 +210,12 @@ def draw_figure4(spec, preset, runs, out) -> list[Path]:
         for ax, (metric, frame) in zip((line_a, line_b), figure4_data(run).items(), strict=True):
             _draw_lines(ax, frame, metric, norm, per_epoch)
             data[metric].append(frame.assign(norm=norm))
-        growth = growth_per_epoch(run)
+        norms = _records(run, ["output_norm"])  # every layer's, read once for (c)-(f)
+        growth = growth_per_epoch(run, norms)
         growth_ax.plot(growth["layer_idx"], growth["factor_per_epoch"], ".-", color=color, ms=4,
                        lw=0.8, label=norm_label(norm))  # fmt: skip
         data["growth"].append(growth.assign(norm=norm))
-        layers = layer_norms_by_epoch(run)
+        layers = layer_norms_by_epoch(run, norms)
         data["layers"].append(layers.assign(norm=norm))
         if n < 2:
             image = _draw_map((map_d, map_e)[n], layers, norm, "de"[n])
